@@ -1,0 +1,34 @@
+# wallaby-agent: set-up, tests, benchmarks and fuzzing. `make test` on a fresh clone does everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint fuzz bench clean
+
+install: $(STAMP)
+
+# Reinstall when the project's metadata changes; system packages come from apt when missing.
+$(STAMP): pyproject.toml
+	@command -v zstd >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq zstd; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -c "import wal; wal.require_crc_extension()"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check wal agent cli tests fuzz
+	$(BIN)/ruff format --check wal agent cli tests fuzz
+
+fuzz: install
+	$(BIN)/python -m fuzz --seconds $${FUZZ_SECONDS:-120}
+
+bench: install
+	$(BIN)/python -m tests.benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,88 @@
+"""Opening one segment file, live (`.wal`) or archived (`.wal.zst`), for reading.
+
+Archives are read as a stream, never decompressed to disk or into memory whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import zstandard
+
+from .errors import BadHeader
+from .format import HEADER_SIZE, check_header
+from .fs import OS_FS, FileSystem
+from .layout import ARCHIVE_SUFFIX
+from .scan import DEFAULT_MAX_RECORD_BYTES, Damage, RawRecord, scan_records
+
+# zstd reads in blocks of this size; larger reads cost memory and buy nothing.
+_ZSTD_READ_BYTES = 1 << 20
+
+
+def is_archive(path: str) -> bool:
+    """True for a `.zst` file (read through zstd), False for a plain segment."""
+    return path.endswith(ARCHIVE_SUFFIX) or path.endswith(".zst")
+
+
+@contextlib.contextmanager
+def open_segment(path: str, fs: FileSystem = OS_FS) -> Iterator[BinaryIO]:
+    """Open a segment or archive, check its header, and yield a stream positioned after it."""
+    raw = fs.open_read(path)
+    try:
+        if is_archive(path):
+            stream: BinaryIO = zstandard.ZstdDecompressor().stream_reader(
+                raw, read_size=_ZSTD_READ_BYTES, read_across_frames=True, closefd=False
+            )
+        else:
+            stream = raw
+        try:
+            header = _read_exactly(stream, HEADER_SIZE)
+        except zstandard.ZstdError as exc:
+            raise BadHeader(path, 0, f"not a readable zstd archive: {exc}") from None
+        check_header(header, path)
+        yield stream
+    finally:
+        raw.close()
+
+
+def iter_segment(
+    path: str,
+    *,
+    fs: FileSystem = OS_FS,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    first_seq: int | None = None,
+    end_offset: int | None = None,
+) -> Iterator[RawRecord | Damage]:
+    """Every record and damaged region of one segment or archive, in file order."""
+    with open_segment(path, fs) as stream:
+        yield from _guard_zstd(
+            path,
+            scan_records(stream, end_offset=end_offset, max_record_bytes=max_record_bytes, first_seq=first_seq),
+        )
+
+
+def _guard_zstd(path: str, items: Iterator[RawRecord | Damage]) -> Iterator[RawRecord | Damage]:
+    """A damaged archive ends the scan with a Damage item, not a zstd exception."""
+    last_end = HEADER_SIZE
+    last_seq = None
+    try:
+        for item in items:
+            if isinstance(item, RawRecord):
+                last_end, last_seq = item.offset + item.length, item.seq
+            else:
+                last_end = item.end_offset
+            yield item
+    except zstandard.ZstdError as exc:
+        yield Damage(last_end, last_end, f"archive stops decompressing: {exc}", True, last_seq, None)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
