@@ -123,7 +123,7 @@ class OsFileSystem:
         return OsAppendFile(path, fd, os.fstat(fd).st_size)
 
     def open_read(self, path: str) -> BinaryIO:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        return open(path, "rb")
 
     def listdir(self, path: str) -> list[str]:
         try:

@@ -1,10 +1,10 @@
 """Where things live inside a log directory, and how segment files are named.
 
-    <root>/LOCK                           the writer's flock; holds the writer's pid
-    <root>/wal/<first seq:020d>.wal       live segments; the highest-numbered one is being written
-    <root>/archive/<first seq:020d>.wal.zst   sealed segments, zstd-compressed
-    <root>/cursors/<name>.cursor          one durable cursor per reader (JSON, replaced atomically)
-    <root>/quarantine/                    copies of damaged segments and the torn tails cut off them
+<root>/LOCK                           the writer's flock; holds the writer's pid
+<root>/wal/<first seq:020d>.wal       live segments; the highest-numbered one is being written
+<root>/archive/<first seq:020d>.wal.zst   sealed segments, zstd-compressed
+<root>/cursors/<name>.cursor          one durable cursor per reader (JSON, replaced atomically)
+<root>/quarantine/                    copies of damaged segments and the torn tails cut off them
 """
 
 from __future__ import annotations

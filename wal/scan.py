@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
-from .format import CRC, HEADER_SIZE, LENGTH, MiB, RECORD_OVERHEAD, RECORD_PREFIX, crc64
+from .format import CRC, HEADER_SIZE, LENGTH, RECORD_OVERHEAD, RECORD_PREFIX, MiB, crc64
 
 DEFAULT_MAX_RECORD_BYTES = 16 * MiB
 CHUNK_BYTES = 1 * MiB
@@ -138,7 +138,9 @@ def scan_records(
                     buf = window.buf
                     rel = pos - window.base
                 if have < pos + length:
-                    reason = f"record of {length} bytes runs past the end of the data ({have - pos} bytes left)"
+                    reason = (
+                        f"record of {length} bytes runs past the end of the data ({have - pos} bytes left)"
+                    )
                 else:
                     view = memoryview(buf)
                     stored = unpack_crc(view, rel + length - 8)[0]
@@ -153,7 +155,9 @@ def scan_records(
                             payload = bytes(view[rel + 24 : rel + length - 8])
                             view.release()
                             if expected is not None and seq != expected:
-                                yield Damage(pos, pos, f"sequence jumps from {last_seq} to {seq}", False, last_seq, seq)
+                                yield Damage(
+                                    pos, pos, f"sequence jumps from {last_seq} to {seq}", False, last_seq, seq
+                                )
                             yield RawRecord(seq, timestamp_ms, status, payload, pos, length)
                             last_seq = seq
                             if expected is not None:
@@ -172,7 +176,9 @@ def scan_records(
         pos = next_offset
 
 
-def _resync(window: _Window, start: int, last_seq: int | None, max_record_bytes: int) -> tuple[int, int] | None:
+def _resync(
+    window: _Window, start: int, last_seq: int | None, max_record_bytes: int
+) -> tuple[int, int] | None:
     """Find the first offset >= start where an intact record begins; return (offset, seq)."""
     search_from = start
     while True:

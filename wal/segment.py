@@ -59,7 +59,9 @@ def iter_segment(
     with open_segment(path, fs) as stream:
         yield from _guard_zstd(
             path,
-            scan_records(stream, end_offset=end_offset, max_record_bytes=max_record_bytes, first_seq=first_seq),
+            scan_records(
+                stream, end_offset=end_offset, max_record_bytes=max_record_bytes, first_seq=first_seq
+            ),
         )
 
 
