@@ -8,6 +8,7 @@ fsync cost is shared and, for a pipelining producer (`wait=False`), hidden.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -535,7 +536,7 @@ class Log:
             active_first = self._visible.active_first_seq
             live = [s for s in list_segments(self._fs, self.root) if not s.archived]
             done: list[ArchivedSegment] = []
-            for segment, following in zip(live, live[1:], strict=False):
+            for segment, following in itertools.pairwise(live):
                 if following.first_seq > active_first:
                     break
                 if floor is not None and floor < following.first_seq - 1:
@@ -658,7 +659,10 @@ class Tail:
                 return []
             with log_._durable_cond:
                 log_._durable_cond.wait_for(
-                    lambda: log_._durable_seq >= wanted or log_._state is not None or self._closed, remaining
+                    lambda wanted=wanted: (
+                        log_._durable_seq >= wanted or log_._state is not None or self._closed
+                    ),
+                    remaining,
                 )
         return []
 
