@@ -81,17 +81,6 @@ def archive_segment(
     return ArchivedSegment(first_seq, segment_path, target, original, archived)
 
 
-def archive_content_size(fs: FileSystem, path: str) -> int | None:
-    """The uncompressed size recorded in an archive's zstd frame header, if present."""
-    with fs.open_read(path) as handle:
-        head = handle.read(18)
-    try:
-        size = zstandard.frame_content_size(head)
-    except zstandard.ZstdError:
-        return None
-    return None if size < 0 else size
-
-
 def apply_retention(
     fs: FileSystem,
     root: str,

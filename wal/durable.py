@@ -18,6 +18,11 @@ from .fs import AppendFile, FileSystem
 TMP_SUFFIX = ".tmp"
 
 
+def parent_dir(path: str) -> str:
+    """The directory whose entry names `path` ('.' for a bare file name)."""
+    return os.path.dirname(path) or "."
+
+
 def create_segment(fs: FileSystem, path: str) -> AppendFile:
     """Create a segment holding only its header: write, fsync the file, fsync the directory."""
     handle = fs.create(path, exclusive=True)
@@ -26,7 +31,7 @@ def create_segment(fs: FileSystem, path: str) -> AppendFile:
         failpoints.hit("segment.after_header_write")
         handle.sync()
         failpoints.hit("segment.before_dir_sync")
-        fs.sync_dir(os.path.dirname(path))
+        fs.sync_dir(parent_dir(path))
     except BaseException:
         handle.close()
         raise
@@ -46,21 +51,21 @@ def write_atomic(fs: FileSystem, path: str, data: bytes) -> None:
     failpoints.hit("atomic.after_sync")
     fs.rename(tmp, path)
     failpoints.hit("atomic.after_rename")
-    fs.sync_dir(os.path.dirname(path))
+    fs.sync_dir(parent_dir(path))
 
 
 def rename_durably(fs: FileSystem, src: str, dst: str) -> None:
     """Rename and fsync the directories involved, so the new name survives a power loss."""
     fs.rename(src, dst)
-    fs.sync_dir(os.path.dirname(dst))
-    if os.path.dirname(src) != os.path.dirname(dst):
-        fs.sync_dir(os.path.dirname(src))
+    fs.sync_dir(parent_dir(dst))
+    if parent_dir(src) != parent_dir(dst):
+        fs.sync_dir(parent_dir(src))
 
 
 def unlink_durably(fs: FileSystem, path: str) -> None:
     """Remove a file and fsync its directory, so it does not come back after a power loss."""
     fs.unlink(path)
-    fs.sync_dir(os.path.dirname(path))
+    fs.sync_dir(parent_dir(path))
 
 
 def copy_file(fs: FileSystem, src: str, dst: str, *, start: int = 0, chunk_bytes: int = 1 << 20) -> int:

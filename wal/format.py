@@ -34,7 +34,7 @@ LENGTH = struct.Struct("<I")
 CRC = struct.Struct("<Q")
 _RESERVED = b"\x00\x00\x00"
 
-#: CRC-64/NVME: reflected polynomial 0xAD93D23594C93659, init and xorout all ones.
+#: CRC-64/NVME: polynomial 0xAD93D23594C93659 (normal form), reflected in and out, init and xorout all ones.
 crc64 = crcmod.mkCrcFun(0x1AD93D23594C93659, rev=True, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF)
 CRC64_CHECK = 0xAE8B14860A799888  # crc64(b"123456789")
 

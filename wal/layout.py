@@ -66,8 +66,8 @@ def is_log_dir(fs: FileSystem, path: str) -> bool:
 def list_segments(fs: FileSystem, root: str) -> list[SegmentFile]:
     """Every segment of the log at `root`, archives and live ones, ordered by first sequence.
 
-    When a crash left both a segment and its archive, the live segment is listed (it is the
-    original; the archive is removed by the next open).
+    When a crash left both a segment and its archive, the live segment is listed; the next open
+    removes the live copy when the archive is complete, and the archive otherwise.
     """
     found: dict[int, SegmentFile] = {}
     for directory, archived in ((ARCHIVE_DIR, True), (WAL_DIR, False)):

@@ -11,14 +11,13 @@ import os
 from dataclasses import dataclass, field
 
 from . import failpoints
-from .archive import archive_content_size
 from .durable import TMP_SUFFIX, copy_file, create_segment, rename_durably, unlink_durably
 from .errors import BadHeader
 from .format import HEADER_SIZE, SEGMENT_HEADER, check_header
 from .fs import FileSystem
 from .layout import ARCHIVE_DIR, QUARANTINE_DIR, WAL_DIR, SegmentFile, list_segments, segment_name
 from .scan import Damage, RawRecord, scan_records
-from .segment import iter_segment
+from .segment import archive_content_size, iter_segment
 
 log = logging.getLogger("wal")
 

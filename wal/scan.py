@@ -182,7 +182,8 @@ def _resync(
     """Find the first offset >= start where an intact record begins; return (offset, seq)."""
     search_from = start
     while True:
-        have = window.fill(search_from + window.chunk)
+        # Always ask for bytes beyond what a candidate prefix needs, so every pass makes progress.
+        have = window.fill(search_from + max(window.chunk, RECORD_OVERHEAD))
         # search() rather than finditer(): checking a candidate may grow the buffer, which
         # an iterator holding the buffer would forbid.
         while (match := _CANDIDATE.search(window.buf, search_from - window.base)) is not None:
@@ -202,6 +203,8 @@ def _resync(
 
 def _check_candidate(window: _Window, offset: int, last_seq: int | None, max_record_bytes: int) -> int | None:
     """Return the record's sequence if an intact record starts at `offset`."""
+    if window.fill(offset + RECORD_OVERHEAD) < offset + RECORD_OVERHEAD:
+        return None
     rel = offset - window.base
     length = LENGTH.unpack_from(window.buf, rel)[0]
     if length < RECORD_OVERHEAD or length > max_record_bytes:

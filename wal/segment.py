@@ -57,27 +57,48 @@ def iter_segment(
 ) -> Iterator[RawRecord | Damage]:
     """Every record and damaged region of one segment or archive, in file order."""
     with open_segment(path, fs) as stream:
-        yield from _guard_zstd(
-            path,
-            scan_records(
-                stream, end_offset=end_offset, max_record_bytes=max_record_bytes, first_seq=first_seq
-            ),
+        items = scan_records(
+            stream, end_offset=end_offset, max_record_bytes=max_record_bytes, first_seq=first_seq
         )
+        if is_archive(path):
+            items = _check_archive_end(items, stream, archive_content_size(fs, path))
+        yield from items
 
 
-def _guard_zstd(path: str, items: Iterator[RawRecord | Damage]) -> Iterator[RawRecord | Damage]:
-    """A damaged archive ends the scan with a Damage item, not a zstd exception."""
-    last_end = HEADER_SIZE
-    last_seq = None
+def archive_content_size(fs: FileSystem, path: str) -> int | None:
+    """The uncompressed size an archive's zstd frame header records, if it records one."""
+    with fs.open_read(path) as handle:
+        head = handle.read(18)
+    try:
+        size = zstandard.frame_content_size(head)
+    except zstandard.ZstdError:
+        return None
+    return None if size < 0 else size
+
+
+def _check_archive_end(
+    items: Iterator[RawRecord | Damage], stream: BinaryIO, expected_size: int | None
+) -> Iterator[RawRecord | Damage]:
+    """Turn zstd failures into Damage, and report an archive that ends before its frame says.
+
+    A cut-off zstd frame reads as a clean, early end of data, so the decompressed length is
+    compared with the size the frame header promises.
+    """
+    end, last_seq, reported_end = HEADER_SIZE, None, False
     try:
         for item in items:
             if isinstance(item, RawRecord):
-                last_end, last_seq = item.offset + item.length, item.seq
+                end, last_seq = item.offset + item.length, item.seq
             else:
-                last_end = item.end_offset
+                end, reported_end = item.end_offset, item.at_end
             yield item
     except zstandard.ZstdError as exc:
-        yield Damage(last_end, last_end, f"archive stops decompressing: {exc}", True, last_seq, None)
+        yield Damage(end, end, f"archive stops decompressing: {exc}", True, last_seq, None)
+        return
+    if expected_size is not None and not reported_end and end < expected_size:
+        yield Damage(
+            end, expected_size, f"archive is truncated: {end} of {expected_size} bytes", True, last_seq, None
+        )
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:

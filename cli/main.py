@@ -1,0 +1,90 @@
+"""The `wallaby-agent` entry point: the root typer app, its command groups, and the error handler.
+
+Every error a user can cause ends as one line on stderr (`error: ...`) and an exit code, never a
+traceback: 2 for bad usage or a path that cannot be read, 1 for anything else the log raises.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from wal.errors import NotALog, WalError
+
+from . import wal as wal_commands
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # bad usage, or a path that does not exist or cannot be read
+
+
+class _OneLineErrors(TyperGroup):
+    """The root command: runs the CLI without click's own error display, and shows errors as one line."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except typer.TyperException as exc:  # click's usage errors; typer 0.29 vendors click privately
+            code = exc.exit_code
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                typer.echo(exc.format_message(), err=True)  # the message is the help text
+            else:
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                _fail(f"{exc.format_message()}{hint}", code)
+        except typer.Abort:
+            code = _fail("aborted", EXIT_FAILURE)
+        except NotALog as exc:
+            code = _fail(str(exc), EXIT_USAGE)
+        except WalError as exc:
+            code = _fail(str(exc), EXIT_FAILURE)
+        except OSError as exc:
+            code = _fail(describe_os_error(exc), EXIT_USAGE)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`path: No such file or directory` rather than `[Errno 2] No such file or directory: 'path'`."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    return f"{exc.filename}: {reason}"
+
+
+def _fail(message: str, code: int) -> int:
+    # One line, whatever the message holds: a multi-line error would read as several.
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return code
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    name="wallaby-agent",
+    help="wallaby-agent: a local-first change-capture agent with its own durable write-ahead log.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(wal_commands.app, name="wal")
+
+
+def main() -> None:
+    """Run the command line (the `wallaby-agent` console script)."""
+    app(prog_name="wallaby-agent")
+
+
+if __name__ == "__main__":
+    main()
