@@ -34,6 +34,10 @@ def create_segment(fs: FileSystem, path: str) -> AppendFile:
         fs.sync_dir(parent_dir(path))
     except BaseException:
         handle.close()
+        try:  # it never held a record; recovery also copes if this unlink is lost
+            fs.unlink(path)
+        except OSError:
+            pass
         raise
     return handle
 

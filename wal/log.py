@@ -181,6 +181,7 @@ class Log:
         self._writer_idle = False
         self._state: WalError | None = None  # set when closed or failed: appends raise it
         self._closing = False
+        self._io_step, self._io_path = "write", self._active.path  # named in an I/O error
         self._appends = 0
         self._bytes_written = 0
         self._syncs = 0
@@ -374,9 +375,7 @@ class Log:
                 if not parts:
                     self._rotate_if_old()
             except OSError as exc:
-                self._fail(
-                    io_error("write" if parts else "fsync", self._active.path, exc), [batch, *unsynced]
-                )
+                self._fail(io_error(self._io_step, self._io_path, exc), [batch, *unsynced])
                 return
             if closing and not parts:
                 try:
@@ -400,6 +399,7 @@ class Log:
     def _write(self, data: bytearray, first_seq: int, count: int) -> None:
         """Write queued records to the active segment, rotating where it would grow too large."""
         limit = self.options.segment_bytes
+        self._io_step, self._io_path = "write", self._active.path
         if self._active.size + len(data) <= limit or (count == 1 and not self._active_records):
             self._active.write(data)
             self._active_records += count
@@ -419,11 +419,13 @@ class Log:
             end += length
             seq += 1
             self._active_records += 1
+        self._io_step, self._io_path = "write", self._active.path
         if end > start:
             self._active.write(view[start:end])
         view.release()
 
     def _sync(self) -> None:
+        self._io_step, self._io_path = "fsync", self._active.path
         started = time.perf_counter()
         self._active.sync()
         self._sync_seconds += time.perf_counter() - started
@@ -432,8 +434,8 @@ class Log:
     def _publish(self, durable_seq: int, batches: list[_Batch]) -> None:
         """Make records up to `durable_seq` visible to readers and release their appenders."""
         failpoints.hit("log.after_sync")
-        self._visible = Visible(durable_seq, self._active_first, self._active.size)
-        self._durable_seq = durable_seq
+        self._visible = Visible(max(durable_seq, self._durable_seq), self._active_first, self._active.size)
+        self._durable_seq = max(durable_seq, self._durable_seq)
         for batch in batches:
             batch.release()
         with self._durable_cond:
@@ -446,7 +448,12 @@ class Log:
         old = self._active
         if self.options.fsync != "never":
             self._sync()
+        # The old segment is complete and on disk: say so before anything else can fail, so a
+        # failure creating the next segment never cuts records that are already durable.
+        self._durable_seq = next_first_seq - 1
+        self._visible = Visible(next_first_seq - 1, self._active_first, old.size)
         path = os.path.join(self.root, WAL_DIR, segment_name(next_first_seq))
+        self._io_step, self._io_path = "create", path
         handle = create_segment(self._fs, path)
         sealed_bytes = old.size
         old.close()

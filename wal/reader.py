@@ -71,6 +71,16 @@ class SegmentWalker:
         self._stream_cm = None
         self._stream: BinaryIO | None = None
         self._items: Iterator[RawRecord | Damage] | None = None
+        self._listing: list[SegmentFile] = []  # the last directory listing; refreshed at its end
+
+    def _segments_after(self, first_seq: int) -> list[SegmentFile]:
+        """Segments after the one starting at `first_seq`; lists the directories only when the
+        cached listing has none (listing at every segment would make a long read quadratic)."""
+        later = [s for s in self._listing if s.first_seq > first_seq]
+        if not later:
+            self._listing = list_segments(self._fs, self._root)
+            later = [s for s in self._listing if s.first_seq > first_seq]
+        return later
 
     def close(self) -> None:
         self._close_stream()
@@ -129,8 +139,8 @@ class SegmentWalker:
         """Open the segment holding `next_seq` (or the current one at its saved offset)."""
         for _attempt in range(3):  # a segment may be archived between listing and opening
             if self._segment is None:
-                segments = list_segments(self._fs, self._root)
-                chosen = _segment_for(segments, self.next_seq)
+                self._listing = list_segments(self._fs, self._root)
+                chosen = _segment_for(self._listing, self.next_seq)
                 if chosen is None:
                     return False
                 self._segment, self._offset, self._expected_seq = chosen, HEADER_SIZE, chosen.first_seq
@@ -186,15 +196,14 @@ class SegmentWalker:
         if visible is not None:
             return self._segment.first_seq >= visible.active_first_seq
         # Without a writer's word, the last live segment may still grow.
-        later = [s for s in list_segments(self._fs, self._root) if s.first_seq > self._segment.first_seq]
-        return not later
+        return not self._segments_after(self._segment.first_seq)
 
     def _advance(self) -> bool:
         """Move to the segment after the current one; report sequences missing in between."""
         assert self._segment is not None
         current = self._segment
         self._close_stream()
-        later = [s for s in list_segments(self._fs, self._root) if s.first_seq > current.first_seq]
+        later = self._segments_after(current.first_seq)
         if not later:
             self._segment = None
             return False
