@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from wal.errors import NotALog, WalError
+from wal.format import crc_extension_in_use
 
 from . import wal as wal_commands
 
@@ -83,6 +84,12 @@ app.add_typer(wal_commands.app, name="wal")
 
 def main() -> None:
     """Run the command line (the `wallaby-agent` console script)."""
+    if not crc_extension_in_use():
+        typer.echo(
+            "warning: crcmod's C extension is not in use, so every CRC runs about 30x slower; "
+            "reinstall crcmod where a C compiler and Python headers are available",
+            err=True,
+        )
     app(prog_name="wallaby-agent")
 
 

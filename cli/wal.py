@@ -1,6 +1,6 @@
-"""`wallaby-agent wal ...`: look inside the write-ahead log: inspect, hexdump, verify and salvage.
+"""`wallaby-agent wal ...`: inspect, hexdump, verify and salvage segments; archive, clean up, stats.
 
-Each command parses its arguments, calls one function of `wal.inspect`, and renders the result as
+Each command parses its arguments, calls one library function of `wal`, and renders the result as
 plain text or, with --json, as one JSON object on stdout. Errors are left to the handler in
 `cli.main`, which turns them into one line on stderr.
 """
@@ -13,10 +13,16 @@ from typing import Annotated, Any
 
 import typer
 
+import wal
 from wal import inspect as wal_inspect
+from wal.archive import apply_retention
 from wal.errors import NotALog
 from wal.format import RECORD_OVERHEAD
+from wal.fs import OS_FS
+from wal.layout import is_log_dir
 from wal.scan import DEFAULT_MAX_RECORD_BYTES
+from wal.status import read_status
+from wal.units import format_size, parse_duration, parse_size
 
 DEFAULT_DATA_DIR = "~/.wallaby"
 DATA_DIR_ENV = "WALLABY_DATA_DIR"
@@ -24,7 +30,7 @@ EXIT_CORRUPT = 1
 _PREVIEW_CHARS = 60  # payload characters shown per record in text output
 
 app = typer.Typer(
-    help="Inspect, dump, verify and salvage the write-ahead log's segment files.",
+    help="Look after the write-ahead log: inspect, hexdump, verify, salvage, archive, cleanup, stats.",
     no_args_is_help=True,
 )
 
@@ -326,7 +332,88 @@ def salvage_command(
         typer.echo(f"  {_describe_damage(damage)}")
 
 
-# --- log maintenance: the `archive`, `cleanup` and `stats` commands go here ------------------
+# --- log maintenance ----------------------------------------------------------------------
+
+
+@app.command("archive")
+def archive_command(data_dir: DataDir = None) -> None:
+    """Archive now every sealed segment that every cursor has passed (zstd, then the original is removed).
+
+    A running agent archives by itself; this command opens the log, so it refuses while one runs.
+    """
+    root = _data_dir(data_dir)
+    if not is_log_dir(OS_FS, root):
+        raise NotALog(f"{root}: not a log directory (no wal/ or archive/ folder)")
+    with wal.open(root, auto_archive=False, min_free_bytes=0) as log:
+        archived = log.archive()
+    for item in archived:
+        typer.echo(
+            f"archived {os.path.basename(item.source)}: {format_size(item.original_bytes)} -> "
+            f"{format_size(item.archived_bytes)}"
+        )
+    typer.echo(f"{len(archived)} segment(s) archived")
+
+
+@app.command("cleanup")
+def cleanup_command(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Delete archives older than this: 12h, 7d, 30d, 2w ...")
+    ] = "30d",
+    max_total: Annotated[
+        str | None,
+        typer.Option(
+            "--max-total", help="Then delete the oldest archives until they fit in this size (e.g. 10GiB)."
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Delete archived segments by age (and optionally by total size), oldest first. Live segments are never touched."""
+    root = _data_dir(data_dir)
+    if not is_log_dir(OS_FS, root):
+        raise NotALog(f"{root}: not a log directory (no wal/ or archive/ folder)")
+    try:
+        max_age_s = parse_duration(older_than)
+        max_total_bytes = parse_size(max_total) if max_total is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    removed = apply_retention(
+        OS_FS, root, max_age_s=max_age_s, max_total_bytes=max_total_bytes, dry_run=dry_run
+    )
+    verb = "would delete" if dry_run else "deleted"
+    for item in removed:
+        age_days = item.age_s / 86400
+        typer.echo(
+            f"{verb} {os.path.basename(item.path)} ({format_size(item.size_bytes)}, {age_days:.1f} days old, by {item.reason})"
+        )
+    total = sum(item.size_bytes for item in removed)
+    typer.echo(
+        f"{len(removed)} archive(s) {'would be deleted' if dry_run else 'deleted'}, {format_size(total)}"
+    )
+
+
+@app.command("stats")
+def stats_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show a log's sequence range, live and archived sizes, compression, cursors and how far behind they are."""
+    status = read_status(_data_dir(data_dir))
+    if as_json:
+        _echo_json(status.to_dict())
+        return
+    ratio = f"{status.compression_ratio:.2f}x" if status.compression_ratio else "-"
+    lines = [
+        f"log           {status.root}",
+        f"writer        {'process ' + str(status.writer_pid) if status.writer_pid else 'not running'}",
+        f"sequences     {_or_dash(status.first_seq)} .. {_or_dash(status.last_seq)}",
+        f"live          {status.live_segments} segment(s), {format_size(status.live_bytes)}",
+        f"archived      {status.archives} archive(s), {format_size(status.archive_bytes)} (ratio {ratio})",
+        f"quarantine    {len(status.quarantine_files)} file(s)",
+    ]
+    for cursor in status.cursors:
+        lines.append(f"cursor        {cursor.name}: at {cursor.position}, {cursor.behind} record(s) behind")
+    typer.echo("\n".join(lines))
 
 
 # --- helpers ----------------------------------------------------------------------------------

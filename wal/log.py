@@ -23,7 +23,7 @@ from .archive import ArchivedSegment, RemovedArchive, apply_retention, archive_s
 from .cursor import Cursor, CursorStore
 from .durable import copy_file, create_segment
 from .errors import InsufficientSpace, LogClosed, RecordTooLarge, WalError, WalFullError, WalIOError, io_error
-from .format import HEADER_SIZE, LENGTH, RECORD_OVERHEAD, encode_record_parts
+from .format import HEADER_SIZE, LENGTH, RECORD_OVERHEAD, crc_extension_in_use, encode_record_parts
 from .fs import OS_FS, FileSystem
 from .layout import CURSOR_DIR, LOCK_FILE, QUARANTINE_DIR, WAL_DIR, list_segments, segment_name
 from .options import LogOptions
@@ -157,6 +157,14 @@ class Log:
 
     def _open(self) -> None:
         options, fs = self.options, self._fs
+        if not crc_extension_in_use():
+            log.warning(
+                "wal.crc.slow",
+                extra={
+                    "reason": "crcmod's C extension is not in use: CRCs run about 30x slower; "
+                    "reinstall crcmod where a C compiler and Python headers are available"
+                },
+            )
         free = fs.free_bytes(self.root)
         if free < options.required_free_bytes:
             raise InsufficientSpace(self.root, free, options.required_free_bytes)
