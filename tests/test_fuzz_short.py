@@ -26,6 +26,18 @@ def test_target_finds_no_failure(name):
         )
 
 
+# Inputs the fuzzers once found failing; each must keep passing its target's checks.
+REGRESSIONS = [
+    # A zstd frame promising 17 bytes that holds 16: the truncation was reported past the data's end.
+    ("archive", "28b52ffd2011890000415257414c3030310100000000000000", {"checksum": False, "level": 3}),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "options"), REGRESSIONS)
+def test_inputs_fuzzing_found_stay_fixed(name, data, options):
+    TARGETS[name].check(FuzzInput(bytes.fromhex(data), dict(options)))
+
+
 def _inputs() -> st.SearchStrategy[FuzzInput]:
     return st.builds(FuzzInput, st.binary(max_size=64))
 

@@ -68,13 +68,17 @@ def list_segments(fs: FileSystem, root: str) -> list[SegmentFile]:
 
     When a crash left both a segment and its archive, the live segment is listed; the next open
     removes the live copy when the archive is complete, and the archive otherwise.
+
+    `wal/` is listed before `archive/`: archiving writes the archive before it removes the live
+    segment, so a segment being archived meanwhile is seen in one of the two listings, never in
+    neither.
     """
     found: dict[int, SegmentFile] = {}
-    for directory, archived in ((ARCHIVE_DIR, True), (WAL_DIR, False)):
+    for directory, archived in ((WAL_DIR, False), (ARCHIVE_DIR, True)):
         folder = os.path.join(root, directory)
         for name in fs.listdir(folder):
             first = parse_first_seq(name)
             if first is None or name.endswith(ARCHIVE_SUFFIX) != archived:
                 continue
-            found[first] = SegmentFile(first, os.path.join(folder, name), archived)
+            found.setdefault(first, SegmentFile(first, os.path.join(folder, name), archived))
     return [found[key] for key in sorted(found)]

@@ -35,6 +35,7 @@ log = logging.getLogger("wal")
 
 # How often the background archiver also applies retention, when nothing else wakes it.
 _RETENTION_PERIOD_S = 3600.0
+_RETRY_READ_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -792,11 +793,14 @@ class Tail:
                     return []
                 raise log_._state
             wanted = self._walker.next_seq
-            if wanted <= log_._durable_seq and wanted > log_.last_seq:
-                return []
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
+            if wanted <= log_._durable_seq:
+                # Durable but not readable yet (a segment being archived or rotated under us):
+                # look again shortly rather than spin on a condition that is already true.
+                time.sleep(_RETRY_READ_S if remaining is None else min(_RETRY_READ_S, remaining))
+                continue
             with log_._durable_cond:
                 log_._durable_cond.wait_for(
                     lambda wanted=wanted: (

@@ -72,6 +72,7 @@ class SegmentWalker:
         self._stream: BinaryIO | None = None
         self._items: Iterator[RawRecord | Damage] | None = None
         self._listing: list[SegmentFile] = []  # the last directory listing; refreshed at its end
+        self._looked_again = False  # whether the current segment's end was read a second time
 
     def _segments_after(self, first_seq: int) -> list[SegmentFile]:
         """Segments after the one starting at `first_seq`; lists the directories only when the
@@ -100,11 +101,18 @@ class SegmentWalker:
             if item is None:
                 if self._is_live_end(visible):
                     self._close_stream()  # resume at self._offset when more is durable
+                    self._looked_again = False
                     break
+                if self._look_again(visible):
+                    continue
                 if not self._advance():
                     break
                 continue
             if isinstance(item, Damage):
+                if item.at_end and visible is None and self._is_live_end(None):
+                    continue  # a record another process is still writing, not damage
+                if item.at_end and self._look_again(visible):
+                    continue
                 self._damage(item, visible)
                 continue
             self._offset = item.offset + item.length
@@ -144,6 +152,7 @@ class SegmentWalker:
                 if chosen is None:
                     return False
                 self._segment, self._offset, self._expected_seq = chosen, HEADER_SIZE, chosen.first_seq
+                self._looked_again = False
             end = None
             if (
                 visible is not None
@@ -198,6 +207,19 @@ class SegmentWalker:
         # Without a writer's word, the last live segment may still grow.
         return not self._segments_after(self._segment.first_seq)
 
+    def _look_again(self, visible: Visible | None) -> bool:
+        """Without a writer's word, read the end of a live segment once more before leaving it.
+
+        The writer may have finished the segment between our reaching its end and our listing its
+        successor; once the successor exists the segment is sealed, so a second read is final.
+        """
+        assert self._segment is not None
+        if visible is not None or self._segment.archived or self._looked_again:
+            return False
+        self._looked_again = True
+        self._close_stream()  # the next _open resumes at self._offset
+        return True
+
     def _advance(self) -> bool:
         """Move to the segment after the current one; report sequences missing in between."""
         assert self._segment is not None
@@ -222,6 +244,7 @@ class SegmentWalker:
                 self._on_damage(following.path, gap)
         self.next_seq = max(self.next_seq, following.first_seq)
         self._segment, self._offset, self._expected_seq = following, HEADER_SIZE, following.first_seq
+        self._looked_again = False
         return True
 
     def _damage(self, damage: Damage, visible: Visible | None) -> None:

@@ -96,9 +96,9 @@ def _check_archive_end(
         yield Damage(end, end, f"archive stops decompressing: {exc}", True, last_seq, None)
         return
     if expected_size is not None and not reported_end and end < expected_size:
-        yield Damage(
-            end, expected_size, f"archive is truncated: {end} of {expected_size} bytes", True, last_seq, None
-        )
+        # The missing bytes are not in the file, so the damage is empty and sits where the data stops.
+        reason = f"archive is truncated: {end} of {expected_size} bytes"
+        yield Damage(end, end, reason, True, last_seq, None)
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:
