@@ -285,9 +285,19 @@ def check_segment(fuzz_input: FuzzInput) -> None:
 
 
 def _decompress_prefix(blob: bytes) -> tuple[bytes, bool]:
-    """What zstd yields before it fails (independently of the reader), and whether it finished."""
+    """What zstd yields before it fails (independently of the reader), and whether it finished.
+
+    A frame cut short reads as a clean early end, and how much of its last block comes out then
+    depends on the read sizes; so it counts as finished only when it gave the size its header
+    promises (or promises none).
+    """
     try:
-        return _decompress(blob, 1 << 16), True
+        plain = _decompress(blob, 1 << 16)
+        try:
+            promised = zstandard.frame_content_size(blob)
+        except zstandard.ZstdError:
+            promised = -1
+        return plain, promised < 0 or promised == len(plain)
     except zstandard.ZstdError:
         pass
     # A read that fails loses what it decoded before the error: one byte at a time loses nothing.
