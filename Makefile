@@ -8,9 +8,15 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# System packages the suite needs: the zstd CLI (archive interop) and wal2json (the oracle for the
+# PostgreSQL decoder). PostgreSQL 15's server binaries come with the machine.
+APT_PACKAGES := zstd postgresql-15-wal2json
+PG_LIBDIR := /usr/lib/postgresql/15/lib
+
 # Reinstall when the project's metadata changes; system packages come from apt when missing.
-$(STAMP): pyproject.toml
-	@command -v zstd >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq zstd; }
+$(STAMP): pyproject.toml Makefile
+	@if ! command -v zstd >/dev/null 2>&1 || [ ! -f $(PG_LIBDIR)/wal2json.so ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -13,9 +13,15 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from agent.errors import AgentError, ConfigError
+from agent.sources.postgres.errors import SourceError
 from wal.errors import NotALog, WalError
 from wal.format import crc_extension_in_use
 
+from . import backfill as backfill_commands
+from . import ddl as ddl_commands
+from . import flow as flow_commands
+from . import run as run_commands
 from . import wal as wal_commands
 
 EXIT_FAILURE = 1
@@ -48,6 +54,10 @@ class _OneLineErrors(TyperGroup):
             code = _fail("aborted", EXIT_FAILURE)
         except NotALog as exc:
             code = _fail(str(exc), EXIT_USAGE)
+        except ConfigError as exc:  # nothing has started
+            code = _fail(str(exc), EXIT_USAGE)
+        except (AgentError, SourceError) as exc:
+            code = _fail(str(exc), EXIT_FAILURE)
         except WalError as exc:
             code = _fail(str(exc), EXIT_FAILURE)
         except OSError as exc:
@@ -80,6 +90,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(wal_commands.app, name="wal")
+app.command("run")(run_commands.run_command)
+app.add_typer(run_commands.source_app, name="source")
+app.command("backfill")(backfill_commands.backfill_command)
+app.add_typer(ddl_commands.app, name="ddl")
+app.add_typer(flow_commands.app, name="flow")
 
 
 def main() -> None:

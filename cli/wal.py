@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 import wal
+from agent.change import ChangeFormatError, decode_change, is_change_payload
 from wal import inspect as wal_inspect
 from wal.archive import apply_retention
 from wal.errors import NotALog
@@ -58,10 +59,17 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object inst
 
 
 def render_payload(payload: bytes) -> dict[str, Any]:
-    """How a record's payload is shown: the one place to teach the CLI to decode change records.
+    """How a record's payload is shown: the one place that teaches the CLI to decode change records.
 
-    For now: `{"payload_text": ...}` when the payload is UTF-8, else `{"payload_base64": ...}`.
+    A change record is `{"change": {...}}` (or, when it does not decode, its base64 and a
+    `decode_error`); any other payload is `{"payload_text": ...}` when it is UTF-8, else
+    `{"payload_base64": ...}`.
     """
+    if is_change_payload(payload):
+        try:
+            return {"change": decode_change(payload).to_dict()}
+        except ChangeFormatError as exc:
+            return {"payload_base64": base64.b64encode(payload).decode("ascii"), "decode_error": str(exc)}
     try:
         return {"payload_text": payload.decode("utf-8")}
     except UnicodeDecodeError:
@@ -222,7 +230,7 @@ def _describe_records(report: wal_inspect.FileReport | wal_inspect.LogReport) ->
 
 
 def _preview(payload: bytes) -> str:
-    ((kind, value),) = render_payload(payload).items()
+    kind, value = next(iter(render_payload(payload).items()))  # the first: what the payload holds
     text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else json.dumps(value)
     if len(text) > _PREVIEW_CHARS:
         text = text[: _PREVIEW_CHARS - 3] + "..."

@@ -293,11 +293,7 @@ def _decompress_prefix(blob: bytes) -> tuple[bytes, bool]:
     """
     try:
         plain = _decompress(blob, 1 << 16)
-        try:
-            promised = zstandard.frame_content_size(blob)
-        except zstandard.ZstdError:
-            promised = -1
-        return plain, promised < 0 or promised == len(plain)
+        return plain, _frames_whole(blob)
     except zstandard.ZstdError:
         pass
     # A read that fails loses what it decoded before the error: one byte at a time loses nothing.
@@ -306,6 +302,21 @@ def _decompress_prefix(blob: bytes) -> tuple[bytes, bool]:
     except zstandard.ZstdError:
         pass
     return bytes(sink), False
+
+
+def _frames_whole(blob: bytes) -> bool:
+    """True when every zstd frame in `blob` runs to its end (checksum included, if it has one)."""
+    rest = blob
+    while rest:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            frame.decompress(rest)
+        except zstandard.ZstdError:
+            return False
+        if not frame.eof:
+            return False
+        rest = frame.unused_data
+    return True
 
 
 def _decompress(blob: bytes, read_bytes: int, out: bytearray | None = None) -> bytes:

@@ -8,6 +8,8 @@ import pytest
 
 import wal
 
+pytest_plugins = ["tests.pg"]
+
 
 @pytest.fixture
 def log_dir(tmp_path):

@@ -1,0 +1,139 @@
+"""Wiring the agent together: the log, the state store and the sources; start, stop, signals.
+
+`run_agent` runs in the foreground until SIGINT or SIGTERM (or a source fails for a reason retrying
+cannot fix), then stops cleanly: sources stop reading, wait for their appends to be durable, report
+the final flushed position to PostgreSQL, and the log is closed. SIGKILL at any moment is safe too:
+nothing is confirmed upstream before it is durable in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from types import FrameType
+
+import wal
+from agent.backfill import BackfillWorker
+from agent.config import AgentConfig
+from agent.errors import AgentFailed
+from agent.sources.postgres.lsn import parse_lsn
+from agent.sources.postgres.source import PostgresSource
+from agent.state import StateStore
+
+log = logging.getLogger("agent.runtime")
+
+# How long a clean stop may take before the process gives up waiting for its threads.
+STOP_TIMEOUT_S = 10.0
+_POLL_S = 0.2
+
+
+@dataclass
+class Agent:
+    """A running agent: what `run_agent` started, reachable by tests and the admin API."""
+
+    config: AgentConfig
+    log: wal.Log
+    state: StateStore
+    sources: list[PostgresSource]
+    threads: list[threading.Thread] = field(default_factory=list)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    backfill: BackfillWorker | None = None
+
+    def start(self) -> None:
+        if self.backfill is not None:
+            self.backfill.start()
+        for source in self.sources:
+            thread = threading.Thread(
+                target=self._run_source, args=(source,), name=f"source-{source.config.name}"
+            )
+            thread.start()
+            self.threads.append(thread)
+
+    def _run_source(self, source: PostgresSource) -> None:
+        try:
+            source.run()
+        except BaseException as exc:  # recorded and reported by wait(); the other sources stop
+            self.errors[source.config.name] = exc
+            self.stop_event.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def wait(self) -> None:
+        """Block until stop() (or a failed source), then stop every source and join them."""
+        while not self.stop_event.wait(_POLL_S):
+            if not any(thread.is_alive() for thread in self.threads):
+                break
+        if self.backfill is not None:
+            self.backfill.stop()
+        for source in self.sources:
+            source.stop()
+        for thread in self.threads:
+            thread.join(STOP_TIMEOUT_S)
+        if self.backfill is not None:
+            self.backfill.thread.join(STOP_TIMEOUT_S)
+
+    def close(self) -> None:
+        self.log.close()
+        self.state.close()
+
+
+def build_agent(config: AgentConfig, *, start_lsn: str | None = None) -> Agent:
+    """Open the log and the state store under data_dir and create the configured sources."""
+    data_dir = os.fspath(config.data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    log_ = wal.open(data_dir, **config.wal.log_options())
+    try:
+        state = StateStore(data_dir)
+    except BaseException:
+        log_.close()
+        raise
+    explicit = None if start_lsn is None else parse_lsn(start_lsn)
+    sources = [PostgresSource(source, log_, state, start_lsn=explicit) for source in config.sources]
+    postgres = {source.name: source for source in config.sources if source.type == "postgres"}
+    backfill = BackfillWorker(postgres, log_, state) if postgres else None
+    return Agent(config, log_, state, sources, backfill=backfill)
+
+
+def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:
+    """Run until SIGINT/SIGTERM; raise AgentFailed (after a clean stop) when a source failed."""
+    agent = build_agent(config, start_lsn=start_lsn)
+    previous = _install_signal_handlers(agent)
+    try:
+        log.info(
+            "agent.started",
+            extra={"data_dir": os.fspath(config.data_dir), "sources": [s.config.name for s in agent.sources]},
+        )
+        agent.start()
+        agent.wait()
+    finally:
+        _restore_signal_handlers(previous)
+        agent.close()
+    for name, error in agent.errors.items():
+        log.error("agent.source.failed", extra={"source": name, "error": str(error)})
+    log.info("agent.stopped", extra={"failed_sources": sorted(agent.errors)})
+    if agent.errors:
+        name, error = next(iter(agent.errors.items()))
+        raise AgentFailed(f"source {name}: {error}")
+
+
+def _install_signal_handlers(agent: Agent) -> dict[int, object]:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("agent.stopping", extra={"signal": signal.Signals(signum).name})
+        agent.stop()
+
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handle)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, object]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)  # type: ignore[arg-type]

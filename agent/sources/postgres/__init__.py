@@ -1,0 +1,1 @@
+"""The PostgreSQL source: logical replication (pgoutput) into change records."""

@@ -1,0 +1,67 @@
+"""Catalog lookups and text-format sessions shared by the snapshot, backfill and TOAST re-reads.
+
+Rows read over an ordinary connection must convert exactly like the stream's: the same session
+settings as the walsender (UTC, ISO dates, ISO intervals, full float digits), every value loaded
+as PostgreSQL's own text output, and domains converted by their base type's name, as pgoutput's
+Type message names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import psycopg
+from psycopg.types.string import TextLoader
+
+from .replication import DEFAULT_SESSION_OPTIONS
+
+
+def text_session(dsn: str, *, autocommit: bool = True, connect_timeout_s: float = 10.0) -> psycopg.Connection:
+    """An ordinary connection with the walsender's output settings."""
+    options = " ".join(f"-c {key}={value}" for key, value in DEFAULT_SESSION_OPTIONS.items())
+    return psycopg.connect(
+        dsn, autocommit=autocommit, options=options, connect_timeout=int(connect_timeout_s)
+    )
+
+
+def load_as_text(conn: psycopg.Connection, type_oids: Iterable[int]) -> None:
+    """Make the connection return these types as PostgreSQL's text output, unparsed."""
+    for oid in set(type_oids):
+        conn.adapters.register_loader(oid, TextLoader)
+
+
+def table_columns(conn: psycopg.Connection, table: str) -> list[tuple[str, int, str]]:
+    """(name, type OID, type name for the converters) of a table's stored columns, in order."""
+    schema, _, name = table.partition(".")
+    rows = conn.execute(
+        "SELECT a.attname, a.atttypid::int, CASE WHEN t.typtype = 'd' THEN b.typname ELSE t.typname END"
+        " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type b ON b.oid = t.typbasetype"
+        " WHERE a.attrelid = (quote_ident(%s) || '.' || quote_ident(%s))::regclass"
+        " AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+        (schema, name),
+    ).fetchall()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def primary_key(conn: psycopg.Connection, schema: str, table: str) -> list[str] | None:
+    """The primary key's columns in key order, or None when the table has none."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+        " WHERE i.indrelid = (quote_ident(%s) || '.' || quote_ident(%s))::regclass AND i.indisprimary"
+        " ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        (schema, table),
+    ).fetchall()
+    return [row[0] for row in rows] or None
+
+
+def column_type(conn: psycopg.Connection, table: str, column: str) -> str:
+    """The column's SQL type as `format_type` spells it (to cast text back for comparisons)."""
+    schema, _, name = table.partition(".")
+    row = conn.execute(
+        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+        " WHERE a.attrelid = (quote_ident(%s) || '.' || quote_ident(%s))::regclass AND a.attname = %s",
+        (schema, name, column),
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"{table} has no column {column}")
+    return row[0]
