@@ -9,9 +9,9 @@ resumes the flow, as does `flow resume`.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from agent.change import Change
+from agent.metrics import INSTRUMENTS
 from agent.state import DdlEvent, StateStore
 
 log = logging.getLogger("agent.ddl")
@@ -31,7 +31,6 @@ class DdlGate:
         self.auto_approve = auto_approve
         self.auto_apply = auto_apply
         self.gated_total = 0
-        self.on_gated: list[Any] = []  # callbacks (metrics) called with the event
 
     def __call__(self, change: Change, seq: int) -> bool:
         details = change.message or {}
@@ -54,8 +53,7 @@ class DdlGate:
             log.info("ddl.captured", extra={"source": self.source, "id": event.id, "status": event.status})
             return False
         self.gated_total += 1
-        for callback in self.on_gated:
-            callback(event)
+        INSTRUMENTS.ddl_gated(self.source)
         self.state.set_flow("paused", PAUSE_REASON)
         log.warning(
             f"ddl gate: flow paused (ddl_pending) by event {event.id}: {event.command_tag}",

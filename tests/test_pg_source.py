@@ -4,6 +4,8 @@ gating and TOAST."""
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 import pytest
 
@@ -180,7 +182,33 @@ def test_initial_snapshot_then_stream_without_gap_or_double(pg_dsn, tmp_path):
     assert progress["public.orders"][2:] == (2500, True)
 
 
-def test_ddl_gate_pauses_the_flow_until_approved(pg_dsn, tmp_path):
+@pytest.fixture(scope="session")
+def metric_reader():
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from agent.metrics import configure_metrics
+
+    reader = InMemoryMetricReader()
+    configure_metrics([reader])
+    return reader
+
+
+def _counter(reader, name: str, **attributes) -> int:
+    data = reader.get_metrics_data()
+    total = 0
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        if all(point.attributes.get(k) == v for k, v in attributes.items()):
+                            total += point.value
+    return total
+
+
+def test_ddl_gate_pauses_the_flow_until_approved(pg_dsn, tmp_path, metric_reader, caplog):
+    caplog.set_level(logging.INFO, logger="agent")
+    gated_before = _counter(metric_reader, "wallaby.ddl.gated_total", source="app")
     execute(pg_dsn, ORDERS)
     source = source_config(pg_dsn, publication_tables=["public.orders"], capture_ddl=True, ddl={"gate": True})
     config = agent_config(str(tmp_path / "data"), source)
@@ -193,6 +221,9 @@ def test_ddl_gate_pauses_the_flow_until_approved(pg_dsn, tmp_path):
         pending = state.ddl_events("pending")
         assert len(pending) == 1 and pending[0].command_tag == "ALTER TABLE"
         assert state.flow().reason == "ddl_pending"
+        assert _counter(metric_reader, "wallaby.ddl.gated_total", source="app") == gated_before + 1
+        gate_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ddl gate:")]
+        assert len(gate_lines) == 1 and "ddl_pending" in gate_lines[0]
         assert [c.op for c in changes_of(config.data_dir)] == ["ddl"]
         ddl = changes_of(config.data_dir)[0]
         assert ddl.table == "public.orders" and "ADD COLUMN extra" in ddl.message["statement"]
@@ -238,3 +269,35 @@ def test_flushed_position_survives_in_state(pg_dsn, tmp_path):
     assert parse_lsn(position.flushed_lsn) == slot_confirmed_lsn(pg_dsn, "wallaby_test")
     assert position.last_seq == 1
     assert format_lsn(parse_lsn(position.flushed_lsn)) == position.flushed_lsn
+
+
+def test_a_slot_postgresql_invalidated_stops_the_source_with_that_reason(tmp_path):
+    from tests.pg import PostgresServer
+
+    server = PostgresServer({"max_slot_wal_keep_size": "1MB"})
+    try:
+        server.start()
+        dsn = server.create_database("lost")
+        execute(dsn, ORDERS, "CREATE TABLE filler (x text)")
+        config = agent_config(
+            str(tmp_path / "data"), source_config(dsn, publication_tables=["public.orders"])
+        )
+        with running_agent(config) as agent:
+            wait_for(lambda: agent.sources[0].status.state == "streaming", what="streaming")
+        # With the agent away, push more WAL than the slot may keep, and let a checkpoint drop it.
+        for _ in range(4):
+            execute(dsn, "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000)")
+            execute(dsn, "SELECT pg_switch_wal()", "CHECKPOINT")
+        wait_for(
+            lambda: (
+                query(dsn, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'wallaby_test'")
+                == [("lost",)]
+            ),
+            what="PostgreSQL to invalidate the slot",
+        )
+        with running_agent(config) as agent:
+            wait_for(lambda: agent.errors, what="the source to fail")
+            error = str(agent.errors["app"])
+        assert "invalidated" in error and "wal_status = lost" in error
+    finally:
+        server.cleanup()
