@@ -125,6 +125,10 @@ def test_an_idle_flow_still_advances_the_slot(pg_dsn, pg_server, tmp_path):
         wait_for(
             lambda: (slot_confirmed_lsn(pg_dsn, "wallaby_test") or 0) >= target, what="idle slot to advance"
         )
+        # Slot health as the source reports it: the lag behind the server's WAL, in bytes.
+        health = wait_for(lambda: agent.sources[0].status.slot, what="slot health")
+        assert health["slot"] == "wallaby_test" and health["wal_status"] in ("reserved", "extended")
+        assert health["confirmed_lag_bytes"] >= 0 and health["restart_lag_bytes"] >= 0
     assert changes_of(config.data_dir) == []
 
 
