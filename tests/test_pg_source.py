@@ -305,3 +305,43 @@ def test_a_slot_postgresql_invalidated_stops_the_source_with_that_reason(tmp_pat
         assert "invalidated" in error and "wal_status = lost" in error
     finally:
         server.cleanup()
+
+
+def test_publication_by_schema_is_created_and_missing_tables_are_added(pg_dsn, tmp_path):
+    execute(pg_dsn, ORDERS, "CREATE SCHEMA sales", "CREATE TABLE sales.invoices (id int PRIMARY KEY)")
+    source = source_config(pg_dsn, publication_schemas=["sales"])
+    config = agent_config(str(tmp_path / "data"), source)
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.sources[0].status.state == "streaming", what="streaming")
+        execute(pg_dsn, "INSERT INTO sales.invoices VALUES (7)", "INSERT INTO orders VALUES (1)")
+        wait_for(lambda: changes_of(config.data_dir), what="a change")
+    assert [(c.table, c.key) for c in changes_of(config.data_dir)] == [("sales.invoices", {"id": 7})]
+    # The same publication, now also asked for public.orders: the table is added, nothing else changes.
+    source = source_config(pg_dsn, publication_schemas=["sales"], publication_tables=["public.orders"])
+    config = agent_config(str(tmp_path / "data"), source)
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.sources[0].status.state == "streaming", what="streaming")
+        execute(pg_dsn, "INSERT INTO orders VALUES (2)")
+        wait_for(lambda: len(changes_of(config.data_dir)) == 2, what="the orders insert")
+    assert changes_of(config.data_dir)[-1].table == "public.orders"
+    published = query(pg_dsn, "SELECT schemaname || '.' || tablename FROM pg_publication_tables ORDER BY 1")
+    assert published == [("public.orders",), ("sales.invoices",)]
+
+
+def test_a_server_without_logical_wal_is_refused_with_what_to_change(tmp_path):
+    from tests.pg import PostgresServer
+
+    server = PostgresServer({"wal_level": "replica"})
+    try:
+        server.start()
+        dsn = server.create_database("plain")
+        execute(dsn, ORDERS)
+        config = agent_config(
+            str(tmp_path / "data"), source_config(dsn, publication_tables=["public.orders"])
+        )
+        with running_agent(config) as agent:
+            wait_for(lambda: agent.errors, what="the source to fail")
+            error = str(agent.errors["app"])
+        assert "wal_level is 'replica'" in error and "wal_level = logical" in error and "restart" in error
+    finally:
+        server.cleanup()
