@@ -54,8 +54,7 @@ def run_backfill(
     try:
         rows = reader.read_tables(request.tables)
     except Exception as exc:
-        queue.update(request.id, status="failed", rows=reader.rows_written, error=str(exc))
-        log.error("backfill.failed", extra={"id": request.id, "source": source.name, "error": str(exc)})
+        queue.update(request.id, status="failed", rows=reader.rows_written, error=_one_line(exc))
         raise
     if stop is not None and stop.is_set():
         return rows  # left running: the next start resumes it
@@ -92,5 +91,30 @@ class BackfillWorker:
                 continue
             try:
                 run_backfill(request, source, self.log, self.state, stop=self.stop_event)
-            except Exception:  # recorded on the request; the worker goes on with the next one
-                continue
+            except Exception as exc:  # recorded on the request; the worker goes on with the next one
+                log.error(
+                    "backfill.failed",
+                    extra={"id": request.id, "source": source.name, "error": _one_line(exc)},
+                )
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__
+
+
+def missing_tables(source: PostgresSourceConfig, tables: list[str]) -> list[str]:
+    """The tables that do not exist in the source database (checked before queueing a request)."""
+    from agent.sources.postgres.catalog import text_session
+
+    with text_session(source.dsn) as conn:
+        return [
+            table
+            for table in tables
+            if conn.execute("SELECT to_regclass(%s)", (_quoted(table),)).fetchone() == (None,)
+        ]
+
+
+def _quoted(table: str) -> str:
+    schema, _, name = table.partition(".")
+    return '"' + schema.replace('"', '""') + '"."' + name.replace('"', '""') + '"'

@@ -6,10 +6,11 @@ import sys
 import time
 from typing import Annotated
 
+import psycopg
 import typer
 
 import wal
-from agent.backfill import run_backfill
+from agent.backfill import missing_tables, run_backfill
 from agent.config import load_config
 from agent.observability import configure_logging
 from agent.state import BackfillQueue, StateStore
@@ -49,6 +50,14 @@ def backfill_command(
     names = [_qualify(t) for t in tables.split(",") if t.strip()]
     if not names:
         raise typer.BadParameter("give at least one table", param_hint="--tables")
+    try:
+        missing = missing_tables(chosen, names)
+    except psycopg.Error as exc:
+        raise typer.Exit(_fail(f"source {chosen.name}: cannot connect: {_first_line(exc)}")) from None
+    if missing:
+        raise typer.BadParameter(
+            f"no such table in source {chosen.name}: {', '.join(missing)}", param_hint="--tables"
+        )
     configure_logging("warning", settings.log_format)
     state = StateStore(settings.data_dir)
     try:
@@ -62,6 +71,9 @@ def backfill_command(
             return
         try:
             rows = run_backfill(request, chosen, log_, state, progress=_progress)
+        except psycopg.Error as exc:
+            _end_progress()
+            raise typer.Exit(_fail(f"backfill {request.id} failed: {_first_line(exc)}")) from None
         finally:
             log_.close()
         _end_progress()
@@ -99,6 +111,11 @@ def _follow(queue: BackfillQueue, request_id: int) -> None:
             raise typer.Exit(_fail(f"backfill {request_id} failed: {request.error}"))
         _progress(",".join(request.tables), request.rows)
         time.sleep(_POLL_S)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__
 
 
 def _fail(message: str) -> int:
