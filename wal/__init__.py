@@ -11,6 +11,7 @@ The public API is listed in `__all__`; everything else is internal.
 
 from .archive import ArchivedSegment, RemovedArchive
 from .cursor import Cursor
+from .damage import DamageReport
 from .errors import (
     BadHeader,
     CorruptionError,
@@ -25,10 +26,11 @@ from .errors import (
     WalIOError,
 )
 from .format import crc_extension_in_use, require_crc_extension
-from .log import DamageReport, Log, LogStats, Tail
+from .log import Log, LogStats
 from .log import open_log as open
 from .options import LogOptions
 from .reader import Record, read_log
+from .tail import Tail
 
 __all__ = [
     "ArchivedSegment",
