@@ -525,3 +525,67 @@ def test_invalid_options_are_refused(log_dir):
         wal.open(log_dir, fsync="sometimes")
     with pytest.raises(TypeError):
         wal.open(log_dir, segment_size=5)
+
+
+def test_close_releases_an_append_blocked_on_a_full_log(log_dir):
+    log = wal.open(log_dir, segment_bytes=300, max_unarchived_bytes=800, auto_archive=False, min_free_bytes=0)
+    log.cursor("stuck")
+    outcome: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for i in range(100):
+                log.append(b"%02d" % i * 10)
+        except wal.WalError as exc:
+            outcome.append(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    wait_until(lambda: log.last_seq >= 10)
+    time.sleep(0.3)  # let the producer reach the full budget and block
+    log.close()
+    producer.join(5)
+    assert not producer.is_alive(), "an append blocked on the budget was left hanging by close()"
+    assert len(outcome) == 1 and isinstance(outcome[0], wal.LogClosed)
+
+
+def test_appends_racing_close_either_land_or_raise(log_dir):
+    for _round in range(20):
+        log = wal.open(log_dir, min_free_bytes=0)
+        accepted: list[int] = []
+        refused: list[BaseException] = []
+
+        def produce(log=log, accepted=accepted, refused=refused) -> None:
+            try:
+                while True:
+                    accepted.append(log.append(b"x", wait=False))
+            except wal.LogClosed as exc:
+                refused.append(exc)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        time.sleep(0.005)
+        log.close()
+        producer.join(5)
+        assert not producer.is_alive() and refused
+        # Every sequence number handed out was written: none was queued after the writer stopped.
+        with wal.open(log_dir, min_free_bytes=0) as reopened:
+            assert set(accepted) <= {r.seq for r in reopened.read()}
+
+
+def test_retention_runs_when_the_log_opens(log_dir):
+    with wal.open(log_dir, segment_bytes=300, auto_archive=False, min_free_bytes=0) as log:
+        for i in range(40):
+            log.append(b"%02d" % i * 10)
+        archived = log.archive()
+    old = archived[0].archive
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    with wal.open(log_dir, segment_bytes=300, auto_archive=True, retention_max_age_s=3600, min_free_bytes=0):
+        wait_until(lambda: not os.path.exists(old))
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

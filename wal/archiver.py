@@ -18,7 +18,7 @@ from _thread import LockType
 
 from .archive import ArchivedSegment, RemovedArchive, apply_retention, archive_segment
 from .cursor import CursorStore
-from .errors import WalError, WalFullError
+from .errors import LogClosed, WalError, WalFullError
 from .format import HEADER_SIZE
 from .fs import FileSystem
 from .layout import list_segments
@@ -73,6 +73,8 @@ class LogArchiver:
             self._space.wait(remaining)
             if self._state is not None:
                 raise self._state
+            if self._closing:
+                raise LogClosed(f"{self.root}: the log closed while this append waited for space")
 
     def archive(self) -> list[ArchivedSegment]:
         """Archive every sealed segment that every cursor has passed (any sealed one without cursors)."""
@@ -109,16 +111,14 @@ class LogArchiver:
             )
 
     def _run_archiver(self) -> None:
-        last_retention = 0.0
-        while not self._closing:
-            self._archive_wake.wait(_RETENTION_PERIOD_S)
-            self._archive_wake.clear()
-            if self._closing or self._state is not None:
-                return
+        last_retention: float | None = None  # None: retention runs on the first pass, at open
+        while not (self._closing or self._state is not None):
             try:
                 self.archive()
-                if time.monotonic() - last_retention >= _RETENTION_PERIOD_S:
+                if last_retention is None or time.monotonic() - last_retention >= _RETENTION_PERIOD_S:
                     self.apply_retention()
                     last_retention = time.monotonic()
             except (OSError, WalError) as exc:
                 log.error("wal.archive.failed", extra={"error": str(exc)})
+            self._archive_wake.wait(_RETENTION_PERIOD_S)
+            self._archive_wake.clear()

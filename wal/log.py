@@ -176,6 +176,8 @@ class Log(LogWriter, LogArchiver):
         with self._lock:
             if self._state is not None:
                 raise self._state
+            if self._closing:  # the writer may already be gone: nothing queued now would be written
+                raise LogClosed(f"{self.root}: the log is closing")
             if self.options.max_unarchived_bytes is not None:
                 self._reserve_locked(size)
             seq = self._next_seq
@@ -221,6 +223,8 @@ class Log(LogWriter, LogArchiver):
         with self._lock:
             if self._state is not None:
                 raise self._state
+            if self._closing:  # the writer may already be gone: nothing queued now would be written
+                raise LogClosed(f"{self.root}: the log is closing")
             if self.options.max_unarchived_bytes is not None:
                 self._reserve_locked(total)
             first = self._next_seq

@@ -167,6 +167,13 @@ class SegmentWalker:
                 self._segment = None
                 self._close_stream()
             except BadHeader as exc:
+                if visible is None and not self._segment.archived:
+                    # A segment the writer has created but not yet given its header: read it later.
+                    if self._is_live_end(None):
+                        return False
+                    if not self._looked_again:  # its successor exists now, so its header is final
+                        self._looked_again = True
+                        continue
                 self._damage(Damage(0, 0, exc.reason, True, None, None), visible)
                 if not self._advance():
                     return False
