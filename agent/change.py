@@ -30,6 +30,7 @@ __all__ = [
     "ChangeFormatError",
     "decode_change",
     "encode_change",
+    "encode_row_change",
     "is_change_payload",
 ]
 
@@ -159,6 +160,35 @@ def encode_change(change: Change) -> bytes:
         return _PREFIX_V1 + orjson.dumps(fields)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
         raise ChangeFormatError(f"change of {change.table!r} is not JSON-encodable: {exc}") from None
+
+
+def encode_row_change(
+    op: str,
+    table: str,
+    source: str,
+    lsn: str | None,
+    commit_lsn: str | None,
+    xid: int | None,
+    commit_ts: str | None,
+    txn_index: int,
+    key: dict[str, Any] | None,
+    after: dict[str, Any],
+) -> bytes:
+    """`encode_change` of a row change that has an `after` row and no before, unchanged or message.
+
+    The same bytes, without building the Change first: a capture source's per-row path, where
+    the Change would be made only to be encoded. With `after` present nothing before it is left
+    out, and everything after it is at its default, so the array ends with `after`.
+    """
+    try:
+        op_code = _OP_CODES[op]
+    except KeyError:
+        raise ChangeFormatError(f"unknown op {op!r}; expected one of {', '.join(OPS)}") from None
+    fields = [op_code, table, source, lsn, commit_lsn, xid, commit_ts, txn_index, key, after]
+    try:
+        return _PREFIX_V1 + orjson.dumps(fields)
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        raise ChangeFormatError(f"change of {table!r} is not JSON-encodable: {exc}") from None
 
 
 def decode_change(payload: bytes) -> Change:

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS source_positions (
     flushed_lsn TEXT NOT NULL,       -- the last position reported to PostgreSQL as flushed
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS source_barriers (
+    source TEXT PRIMARY KEY,
+    after_seq INTEGER NOT NULL       -- records up to here were written before `source reset`
+);
 CREATE TABLE IF NOT EXISTS flow (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     state TEXT NOT NULL,
@@ -164,12 +168,26 @@ class StateStore:
                 ),
             )
 
-    def forget_source(self, source: str) -> bool:
-        """Drop a source's saved position (and snapshot progress); True when there was one."""
+    def forget_source(self, source: str, *, log_last_seq: int) -> bool:
+        """Drop a source's saved position (and snapshot progress); True when there was one.
+
+        `log_last_seq` (the log's last sequence now) becomes the source's barrier: what it wrote
+        before the reset belongs to its old slot, and a restart never dedupes against it.
+        """
         with self._transaction() as db:
             removed = db.execute("DELETE FROM source_positions WHERE source = ?", (source,)).rowcount
             db.execute("DELETE FROM snapshot_progress WHERE source = ?", (source,))
+            db.execute(
+                "INSERT INTO source_barriers VALUES (?, ?) ON CONFLICT (source) DO UPDATE SET after_seq = excluded.after_seq",
+                (source, log_last_seq),
+            )
         return removed > 0
+
+    def source_barrier(self, source: str) -> int:
+        """The log sequence up to which this source's records predate its last reset (0: none)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT after_seq FROM source_barriers WHERE source = ?", (source,)).fetchone()
+        return row[0] if row else 0
 
     # -- flow --------------------------------------------------------------------------------------
 

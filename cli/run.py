@@ -3,11 +3,14 @@ operator's handle on a source's saved position."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+import wal
+import wal.status
 from agent.config import load_config
 from agent.observability import configure_logging
 from agent.runtime import run_agent
@@ -60,9 +63,20 @@ def reset_command(
     settings = load_config(config)
     if name not in {source.name for source in settings.sources}:
         raise typer.BadParameter(f"no source named {name!r} in {config}")
-    store = StateStore(settings.data_dir)
+    data_dir = os.fspath(settings.data_dir)
     try:
-        removed = store.forget_source(name)
+        status = wal.status.read_status(data_dir)
+    except wal.NotALog:
+        last_seq = 0  # nothing captured yet
+    else:
+        if status.writer_pid is not None:
+            raise typer.BadParameter(
+                f"the agent (pid {status.writer_pid}) is running on {data_dir}: stop it first"
+            )
+        last_seq = status.last_seq or 0
+    store = StateStore(data_dir)
+    try:
+        removed = store.forget_source(name, log_last_seq=last_seq)
     finally:
         store.close()
     typer.echo(f"source {name}: saved position {'removed' if removed else 'was not set'}")

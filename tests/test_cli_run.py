@@ -202,11 +202,6 @@ def test_flow_and_ddl_commands_act_on_the_running_agent(pg_dsn, tmp_path):
     assert [c.op for c in changes_of(data_dir)] == ["ddl", "insert", "insert"]
 
 
-@pytest.mark.xfail(
-    reason="bug: after `source reset` onto a server whose WAL is behind the old one, the log's last"
-    " commit LSN still dedupes the new stream, so its transactions are skipped (source.py _session)",
-    strict=True,
-)
 def test_a_reset_source_captures_a_new_server_whose_wal_is_behind_the_old_one(
     pg_dsn, pg_private_server, tmp_path
 ):

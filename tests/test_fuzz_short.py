@@ -33,7 +33,11 @@ REGRESSIONS = [
     # A frame promising 18 bytes that holds 17: how much of a cut block comes out depends on read sizes.
     ("archive", "28b52ffd2012910000415257414c303031010000000000000000", {"checksum": False, "level": 3}),
     # All 21 promised bytes but no checksum: a frame cut short, whatever its content size says.
-    ("archive", "28b52ffd2415a90000415257414c30303101000000000000000000010000", {"checksum": True, "level": 3}),
+    (
+        "archive",
+        "28b52ffd2415a90000415257414c30303101000000000000000000010000",
+        {"checksum": True, "level": 3},
+    ),
 ]
 
 

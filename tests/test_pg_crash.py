@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 import psycopg
-import pytest
 
 from agent.change import Change
 from agent.sources.postgres.lsn import parse_lsn
@@ -500,11 +499,6 @@ def test_agent_sigkilled_during_the_initial_snapshot_resumes_from_the_last_chunk
     assert query(pg_dsn, "SELECT count(*) FROM items") == [(SNAPSHOT_ROWS - 10 + 1,)]
 
 
-@pytest.mark.xfail(
-    reason="bug: a crash between creating the slot and recording snapshot progress skips the initial"
-    " snapshot for good (agent/sources/postgres/source.py _prepare_slot)",
-    strict=False,  # the kill races the agent's first progress write, so a pass proves nothing
-)
 def test_agent_sigkilled_right_after_creating_its_slot_still_takes_the_initial_snapshot(pg_dsn, tmp_path):
     execute(
         pg_dsn, "CREATE TABLE items (id int PRIMARY KEY)", "INSERT INTO items SELECT generate_series(1, 1000)"

@@ -1,7 +1,9 @@
-"""`python -m tests.benchmarks`: measure the WAL engine and its floor side by side, print, record.
+"""`python -m tests.benchmarks`: measure the WAL engine and its floor side by side, then the
+PostgreSQL capture against pg_recvlogical (pg_section.py); print, record.
 
 Everything runs in one process, in one directory on the repository's disk (bench-out/, ignored by
-git; never tmpfs, where fdatasync costs nothing), and is removed afterwards. About two minutes.
+git; never tmpfs, where fdatasync costs nothing), and is removed afterwards. About two minutes per
+section; `--only wal` or `--only pg` runs one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tests.benchmarks import measure
+from tests.benchmarks import measure, pg_section
 from tests.benchmarks.report import Row, console_table, markdown_section, write_section
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks", description=__doc__)
     parser.add_argument("--dir", default=DEFAULT_OUT_DIR, help="where to write (a real disk, not tmpfs)")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--only", choices=("wal", "pg"), help="run one section (default: both)")
     args = parser.parse_args(argv)
 
     workdir = os.path.join(args.dir, f"run-{os.getpid()}")
@@ -53,18 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"writing in {workdir}: {disk}", flush=True)
     if "tmpfs" in disk:
         print("warning: tmpfs makes fdatasync free; the floor and every ratio mean nothing here")
+    # Each section: its rows and notes, how to render them, and how to write them into the doc.
+    sections = []
     try:
-        rows, notes = _run(workdir)
+        if args.only != "pg":
+            sections.append((*_run(workdir), markdown_section, write_section))
+        if args.only != "wal":
+            sections.append((*pg_section.run(workdir), pg_section.markdown_section, pg_section.write))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(console_table(rows))
-    for note in notes:
-        print(f"- {note}")
+    machine = f"{os.cpu_count()} cores ({_cpu_model()}), {_memory()}, disk: {disk}"
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    for rows, notes, render, write in sections:
+        print()
+        print(console_table(rows))
+        for note in notes:
+            print(f"- {note}")
+        if not args.no_doc:
+            write(DOC_PATH, render(rows, date=date, machine=machine, notes=notes))
     if not args.no_doc:
-        machine = f"{os.cpu_count()} cores ({_cpu_model()}), {_memory()}, disk: {disk}"
-        date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        write_section(DOC_PATH, markdown_section(rows, date=date, machine=machine, notes=notes))
         print(f"\nwrote {os.path.relpath(DOC_PATH, REPO)}")
     return 0
 

@@ -220,8 +220,26 @@ def unfinished_initial_snapshot(state: StateStore, source: str) -> str | None:
     return None
 
 
-def resume_initial_snapshot(source: PostgresSource, snapshot_id: str) -> int:
-    """Finish an initial snapshot after a crash, from each table's last finished chunk."""
+PENDING_ID = "initial-pending"
+
+
+def mark_initial_snapshot_pending(source: PostgresSource) -> None:
+    """Before creating the slot: record that its snapshot is owed, so a crash between creating
+    the slot and reading the first chunk still ends in a snapshot after the restart."""
+    config = source.config
+    with psycopg.connect(config.dsn, autocommit=True) as conn:
+        tables = published_tables(conn, config.publication)
+    source.state.clear_snapshot_progress(config.name)
+    for table in tables:
+        source.state.save_snapshot_progress(config.name, table, PENDING_ID, None, 0, False)
+
+
+def resume_initial_snapshot(source: PostgresSource, snapshot_id: str, slot_lsn: int) -> int:
+    """Finish an initial snapshot after a crash, from each table's last finished chunk.
+
+    A snapshot still `pending` was owed by a slot created just before a crash: its exported
+    snapshot is gone, so it is read now and its rows carry the slot's position `slot_lsn`.
+    """
     config = source.config
     tables = [
         t
@@ -238,7 +256,7 @@ def resume_initial_snapshot(source: PostgresSource, snapshot_id: str) -> int:
         workers=config.snapshot_workers,
         snapshot_id=snapshot_id,
     )
-    reader.lsn = snapshot_id.removeprefix("initial-")
+    reader.lsn = format_lsn(slot_lsn) if snapshot_id == PENDING_ID else snapshot_id.removeprefix("initial-")
     rows = reader.read_tables(sorted(tables))
     log.info("source.snapshot.resumed", extra={"source": config.name, "tables": len(tables), "rows": rows})
     return rows
@@ -270,6 +288,7 @@ def run_initial_snapshot(source: PostgresSource, snapshot_name: str, consistent_
 
 __all__ = [
     "SnapshotReader",
+    "mark_initial_snapshot_pending",
     "published_tables",
     "read_chunks",
     "resume_initial_snapshot",
