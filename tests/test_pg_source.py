@@ -345,3 +345,18 @@ def test_a_server_without_logical_wal_is_refused_with_what_to_change(tmp_path):
         assert "wal_level is 'replica'" in error and "wal_level = logical" in error and "restart" in error
     finally:
         server.cleanup()
+
+
+def test_start_lsn_streams_from_that_position_where_the_slot_holds_it(pg_dsn, tmp_path):
+    execute(pg_dsn, ORDERS)
+    config = agent_config(str(tmp_path / "data"), source_config(pg_dsn, publication_tables=["public.orders"]))
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.sources[0].status.state == "streaming", what="streaming")
+    # With the agent away: transaction A, then B; start at the position between them.
+    execute(pg_dsn, "INSERT INTO orders VALUES (1, 'A')")
+    between = parse_lsn(query(pg_dsn, "SELECT pg_current_wal_insert_lsn()::text")[0][0])
+    execute(pg_dsn, "INSERT INTO orders VALUES (2, 'B')")
+    with running_agent(config, start_lsn=format_lsn(between)) as agent:
+        wait_for(lambda: changes_of(config.data_dir), what="a change")
+        wait_for(lambda: agent.log.durable_seq == agent.log.last_seq, what="durability")
+    assert [c.key["id"] for c in changes_of(config.data_dir)] == [2]
