@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import wal
 from agent.config import PostgresSourceConfig
+from agent.errors import first_line
 from agent.sources.postgres.snapshot import SnapshotReader
 from agent.state import BackfillQueue, BackfillRequest, StateStore
 
@@ -43,18 +44,17 @@ def run_backfill(
         source=source.name,
         log_=log_,
         state=state,
-        lsn=0,
+        lsn=0,  # not tied to a stream position
         chunk_rows=source.snapshot_chunk_rows,
         workers=source.snapshot_workers,
         snapshot_id=f"backfill-{request.id}",
         progress=progress,
         stop=stop,
     )
-    reader.lsn = "0/0"  # not tied to a stream position
     try:
         rows = reader.read_tables(request.tables)
     except Exception as exc:
-        queue.update(request.id, status="failed", rows=reader.rows_written, error=_one_line(exc))
+        queue.update(request.id, status="failed", rows=reader.rows_written, error=first_line(exc))
         raise
     if stop is not None and stop.is_set():
         return rows  # left running: the next start resumes it
@@ -94,13 +94,8 @@ class BackfillWorker:
             except Exception as exc:  # recorded on the request; the worker goes on with the next one
                 log.error(
                     "backfill.failed",
-                    extra={"id": request.id, "source": source.name, "error": _one_line(exc)},
+                    extra={"id": request.id, "source": source.name, "error": first_line(exc)},
                 )
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else exc.__class__.__name__
 
 
 def missing_tables(source: PostgresSourceConfig, tables: list[str]) -> list[str]:

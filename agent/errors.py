@@ -49,3 +49,9 @@ class ConfigError(AgentError):
 
 class AgentFailed(AgentError):
     """The agent stopped (cleanly) because a source failed; the message names the source."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's message cut to its first line (server errors add detail lines), or its type."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__

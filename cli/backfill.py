@@ -12,6 +12,7 @@ import typer
 import wal
 from agent.backfill import missing_tables, run_backfill
 from agent.config import load_config
+from agent.errors import first_line
 from agent.observability import configure_logging
 from agent.state import BackfillQueue, StateStore
 
@@ -53,7 +54,7 @@ def backfill_command(
     try:
         missing = missing_tables(chosen, names)
     except psycopg.Error as exc:
-        raise typer.Exit(_fail(f"source {chosen.name}: cannot connect: {_first_line(exc)}")) from None
+        raise typer.Exit(_fail(f"source {chosen.name}: cannot connect: {first_line(exc)}")) from None
     if missing:
         raise typer.BadParameter(
             f"no such table in source {chosen.name}: {', '.join(missing)}", param_hint="--tables"
@@ -73,7 +74,7 @@ def backfill_command(
             rows = run_backfill(request, chosen, log_, state, progress=_progress)
         except psycopg.Error as exc:
             _end_progress()
-            raise typer.Exit(_fail(f"backfill {request.id} failed: {_first_line(exc)}")) from None
+            raise typer.Exit(_fail(f"backfill {request.id} failed: {first_line(exc)}")) from None
         finally:
             log_.close()
         _end_progress()
@@ -111,11 +112,6 @@ def _follow(queue: BackfillQueue, request_id: int) -> None:
             raise typer.Exit(_fail(f"backfill {request_id} failed: {request.error}"))
         _progress(",".join(request.tables), request.rows)
         time.sleep(_POLL_S)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else exc.__class__.__name__
 
 
 def _fail(message: str) -> int:

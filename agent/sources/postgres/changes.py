@@ -31,7 +31,7 @@ from .pgoutput import (
     Update,
     decode_text_row,
 )
-from .types import converter_for
+from .types import value_converter
 
 # Logical messages with these prefixes are the agent's own, not user messages.
 DDL_PREFIX = "wallaby.ddl"
@@ -90,7 +90,7 @@ class ChangeDecoder:
     def relation(self, message: Relation) -> None:
         names = tuple(column.name for column in message.columns)
         converters = tuple(
-            _identity_free(converter_for(column.type_oid, self._type_names.get(column.type_oid)))
+            value_converter(column.type_oid, self._type_names.get(column.type_oid))
             for column in message.columns
         )
         key_names = tuple(column.name for column in message.columns if column.key)
@@ -223,11 +223,6 @@ class ChangeDecoder:
             "transactional": message.transactional,
         }
         return change
-
-
-def _identity_free(converter: Callable[[str], Any] | None) -> Callable[[str], Any] | None:
-    """None for converters that would return their input unchanged: no call at all per value."""
-    return None if converter is None or converter is str else converter
 
 
 def _row(

@@ -30,8 +30,8 @@ from agent.change import Change, encode_change
 from agent.state import StateStore
 
 from .catalog import column_type, load_as_text, primary_key, table_columns, text_session
-from .lsn import format_lsn
-from .types import converter_for
+from .lsn import format_lsn, parse_lsn
+from .types import value_converter
 
 if TYPE_CHECKING:
     from .source import PostgresSource
@@ -64,13 +64,9 @@ def table_shape(conn: psycopg.Connection, table: str) -> TableShape:
     schema, _, name = table.partition(".")
     columns = table_columns(conn, table)
     load_as_text(conn, (oid for _name, oid, _type in columns))
-    converters = tuple(_no_identity(converter_for(oid, type_name)) for _name, oid, type_name in columns)
+    converters = tuple(value_converter(oid, type_name) for _name, oid, type_name in columns)
     key = primary_key(conn, schema, name) or []
     return TableShape(table, tuple(c[0] for c in columns), converters, tuple(key))
-
-
-def _no_identity(converter: Callable[[str], Any] | None) -> Callable[[str], Any] | None:
-    return None if converter is None or converter is str else converter
 
 
 def read_chunks(
@@ -226,12 +222,18 @@ PENDING_ID = "initial-pending"
 def mark_initial_snapshot_pending(source: PostgresSource) -> None:
     """Before creating the slot: record that its snapshot is owed, so a crash between creating
     the slot and reading the first chunk still ends in a snapshot after the restart."""
+    _record_owed_tables(source, PENDING_ID)
+
+
+def _record_owed_tables(source: PostgresSource, snapshot_id: str) -> list[str]:
+    """Every published table, recorded as not yet read by `snapshot_id` (before any is read)."""
     config = source.config
     with psycopg.connect(config.dsn, autocommit=True) as conn:
         tables = published_tables(conn, config.publication)
     source.state.clear_snapshot_progress(config.name)
     for table in tables:
-        source.state.save_snapshot_progress(config.name, table, PENDING_ID, None, 0, False)
+        source.state.save_snapshot_progress(config.name, table, snapshot_id, None, 0, False)
+    return tables
 
 
 def resume_initial_snapshot(source: PostgresSource, snapshot_id: str, slot_lsn: int) -> int:
@@ -251,12 +253,11 @@ def resume_initial_snapshot(source: PostgresSource, snapshot_id: str, slot_lsn: 
         source=config.name,
         log_=source.log,
         state=source.state,
-        lsn=0,
+        lsn=slot_lsn if snapshot_id == PENDING_ID else parse_lsn(snapshot_id.removeprefix("initial-")),
         chunk_rows=config.snapshot_chunk_rows,
         workers=config.snapshot_workers,
         snapshot_id=snapshot_id,
     )
-    reader.lsn = format_lsn(slot_lsn) if snapshot_id == PENDING_ID else snapshot_id.removeprefix("initial-")
     rows = reader.read_tables(sorted(tables))
     log.info("source.snapshot.resumed", extra={"source": config.name, "tables": len(tables), "rows": rows})
     return rows
@@ -265,8 +266,8 @@ def resume_initial_snapshot(source: PostgresSource, snapshot_id: str, slot_lsn: 
 def run_initial_snapshot(source: PostgresSource, snapshot_name: str, consistent_lsn: int) -> int:
     """Called by the source right after creating its slot, while the exported snapshot lives."""
     config = source.config
-    with psycopg.connect(config.dsn, autocommit=True) as conn:
-        tables = published_tables(conn, config.publication)
+    snapshot_id = f"initial-{format_lsn(consistent_lsn)}"
+    tables = _record_owed_tables(source, snapshot_id)  # a crash before the first chunk resumes them
     reader = SnapshotReader(
         dsn=config.dsn,
         source=config.name,
@@ -276,11 +277,8 @@ def run_initial_snapshot(source: PostgresSource, snapshot_name: str, consistent_
         chunk_rows=config.snapshot_chunk_rows,
         workers=config.snapshot_workers,
         snapshot_name=snapshot_name,
-        snapshot_id=f"initial-{format_lsn(consistent_lsn)}",
+        snapshot_id=snapshot_id,
     )
-    source.state.clear_snapshot_progress(config.name)
-    for table in tables:  # recorded first, so a crash before the first chunk still resumes them
-        source.state.save_snapshot_progress(config.name, table, reader.snapshot_id, None, 0, False)
     rows = reader.read_tables(tables)
     log.info("source.snapshot.done", extra={"source": config.name, "tables": len(tables), "rows": rows})
     return rows

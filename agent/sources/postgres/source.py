@@ -21,6 +21,7 @@ import wal
 from agent.change import encode_change
 from agent.config import PostgresSourceConfig
 from agent.ddl import DdlGate
+from agent.errors import first_line
 from agent.state import SourcePosition, StateStore
 
 from .catalog import primary_key
@@ -144,13 +145,13 @@ class PostgresSource:
                     if time.monotonic() - started > reconnect.max_delay:
                         attempt = 0  # a session that lasted a while starts the backoff afresh
                     attempt += 1
-                    self.status.state, self.status.last_error = "reconnecting", _one_line(exc)
+                    self.status.state, self.status.last_error = "reconnecting", first_line(exc)
                     self.status.reconnects += 1
                     if reconnect.max_attempts is not None and attempt > reconnect.max_attempts:
                         self.status.state = "failed"
                         raise SourceError(
                             f"source {self.config.name}: gave up after {reconnect.max_attempts} reconnects: "
-                            f"{_one_line(exc)}"
+                            f"{first_line(exc)}"
                         ) from exc
                     delay = _backoff(
                         attempt,
@@ -163,7 +164,7 @@ class PostgresSource:
                         "source.connection.lost",
                         extra={
                             "source": self.config.name,
-                            "error": _one_line(exc),
+                            "error": first_line(exc),
                             "attempt": attempt,
                             "retry_in_s": round(delay, 2),
                         },
@@ -511,8 +512,3 @@ def _backoff(attempt: int, initial: float, maximum: float, multiplier: float, ji
 
 def _maybe_lsn(text: str | None) -> int | None:
     return None if text is None else parse_lsn(text)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__

@@ -341,6 +341,12 @@ def converter_for(
     return _array_converter(_by_name(element_name), ";" if element_name == "box" else ",")
 
 
+def value_converter(type_oid: int, type_name: str | None = None) -> Converter | None:
+    """Like `converter_for`, but None where the text is the value: the hot paths skip the call."""
+    converter = converter_for(type_oid, type_name)
+    return None if converter is str else converter
+
+
 def _by_name(name: str) -> Converter:
     oid = _BY_NAME.get(name)
     return str if oid is None else _BY_OID[oid]
