@@ -124,6 +124,10 @@ class CrashAppendFile:
         inode.mtime = time.time()
         self.size = len(inode.content)
 
+    def write_synced(self, data: bytes) -> None:
+        self.write(data)
+        self.sync()
+
     def sync(self) -> None:
         with self._fs.mutex:
             self._check_open()
@@ -165,6 +169,9 @@ class CrashLock:
 
 class CrashFS:
     """An in-memory file system with power-loss semantics; see the module docstring."""
+
+    # Writes and syncs stay separate steps here, so a crash can land between them.
+    synced_writes = False
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from .format import HEADER_SIZE
 from .fs import FileSystem
 from .layout import list_segments
 from .options import LogOptions
+from .pending import PendingRecords
 from .reader import Visible
 
 log = logging.getLogger("wal")
@@ -45,7 +46,7 @@ class LogArchiver:
     _cursors: CursorStore
     _visible: Visible
     _unarchived_bytes: int
-    _pending: bytearray
+    _pending: PendingRecords
     _state: WalError | None
     _closing: bool
 
@@ -57,7 +58,7 @@ class LogArchiver:
             None if self.options.full_timeout_s is None else time.monotonic() + self.options.full_timeout_s
         )
         while (
-            self._unarchived_bytes + len(self._pending) + size > budget
+            self._unarchived_bytes + self._pending.used + size > budget
             and self._unarchived_bytes > HEADER_SIZE
         ):
             message = (

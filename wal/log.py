@@ -26,10 +26,11 @@ from .batch import Batch, wait_for_release, waiter_lock
 from .cursor import Cursor, CursorStore
 from .damage import DamageRecorder, DamageReport
 from .errors import InsufficientSpace, LogClosed, RecordTooLarge, WalError
-from .format import RECORD_OVERHEAD, crc_extension_in_use, encode_record_parts
+from .format import RECORD_OVERHEAD, encode_record_parts, slow_crc_warning
 from .fs import OS_FS, FileSystem
 from .layout import CURSOR_DIR, LOCK_FILE, list_segments
 from .options import LogOptions
+from .pending import PendingRecords
 from .reader import Record, SegmentWalker, Visible
 from .recovery import recover
 from .scan import Damage
@@ -85,14 +86,9 @@ class Log(LogWriter, LogArchiver):
 
     def _open(self) -> None:
         options, fs = self.options, self._fs
-        if not crc_extension_in_use():
-            log.warning(
-                "wal.crc.slow",
-                extra={
-                    "reason": "crcmod's C extension is not in use: CRCs run about 30x slower; "
-                    "reinstall crcmod where a C compiler and Python headers are available"
-                },
-            )
+        slow = slow_crc_warning()
+        if slow is not None:
+            log.warning("wal.crc.slow", extra={"reason": slow})
         free = fs.free_bytes(self.root)
         if free < options.required_free_bytes:
             raise InsufficientSpace(self.root, free, options.required_free_bytes)
@@ -128,13 +124,14 @@ class Log(LogWriter, LogArchiver):
 
         # Queued records, framed and back to back: the writer takes them with one write call
         # (per-record buffers would cost a GIL hand-back per writev of 1024 pieces).
-        self._pending = bytearray()
-        self._pending_count = 0
+        self._pending = PendingRecords()
         self._batch = Batch()
         self._writer_idle = False
         # One thread at a time writes: the writer thread, or an appender acting as leader.
         self._writing = False
         self._leader_allowed = self.options.fsync == "always"
+        # Under fsync="always", write and fdatasync in one system call where the OS offers it.
+        self._synced_writes = self.options.fsync == "always" and fs.synced_writes
         self._broken = False  # a write or fsync failed; nothing may be written again
         self._state: WalError | None = None  # set when closed or failed: appends raise it
         self._closing = False
@@ -183,26 +180,12 @@ class Log(LogWriter, LogArchiver):
             seq = self._next_seq
             self._next_seq = seq + 1
             prefix, crc = encode_record_parts(seq, timestamp_ms, payload)
-            pending = self._pending
-            pending += prefix
-            pending += payload
-            pending += crc
-            self._pending_count += 1
+            self._pending.add(prefix, payload, crc)
             batch = self._batch
             batch.last_seq = seq
-            if waiter is not None and self._leader_allowed and self._writer_idle and not self._writing:
-                data, count = self._take_pending_locked()
-            else:
-                data = None
-                if waiter is not None:
-                    waiter.acquire()  # armed: the release that wakes us comes from the writer or a peer
-                    index = len(batch.waiters)
-                    batch.waiters.append(waiter)
-                if self._writer_idle and not self._writing:
-                    self._writer_idle = False
-                    self._wake.notify()
-        if data is not None:
-            self._flush_as_leader(data, count, batch)
+            taken, index = self._route_locked(batch, waiter)
+        if taken is not None:
+            self._flush_as_leader(taken, batch)
         elif waiter is not None:
             wait_for_release(batch, waiter, index)
         return seq
@@ -228,29 +211,16 @@ class Log(LogWriter, LogArchiver):
             if self.options.max_unarchived_bytes is not None:
                 self._reserve_locked(total)
             first = self._next_seq
-            pending = self._pending
+            add = self._pending.add
             for offset, payload in enumerate(items):
                 prefix, crc = encode_record_parts(first + offset, timestamp_ms, payload)
-                pending += prefix
-                pending += payload
-                pending += crc
+                add(prefix, payload, crc)
             self._next_seq = first + len(items)
-            self._pending_count += len(items)
             batch = self._batch
             batch.last_seq = self._next_seq - 1
-            if waiter is not None and self._leader_allowed and self._writer_idle and not self._writing:
-                data, count = self._take_pending_locked()
-            else:
-                data = None
-                if waiter is not None:
-                    waiter.acquire()
-                    index = len(batch.waiters)
-                    batch.waiters.append(waiter)
-                if self._writer_idle and not self._writing:
-                    self._writer_idle = False
-                    self._wake.notify()
-        if data is not None:
-            self._flush_as_leader(data, count, batch)
+            taken, index = self._route_locked(batch, waiter)
+        if taken is not None:
+            self._flush_as_leader(taken, batch)
         elif waiter is not None:
             wait_for_release(batch, waiter, index)
         return list(range(first, first + len(items)))

@@ -27,6 +27,7 @@ from .format import HEADER_SIZE, LENGTH
 from .fs import AppendFile, FileSystem
 from .layout import WAL_DIR, segment_name
 from .options import LogOptions
+from .pending import PendingRecords
 from .reader import Visible
 
 log = logging.getLogger("wal")
@@ -52,9 +53,9 @@ class LogWriter:
     _durable_seq: int
     _visible: Visible
     _unarchived_bytes: int
-    _pending: bytearray
-    _pending_count: int
+    _pending: PendingRecords
     _batch: Batch
+    _synced_writes: bool
     _writer_idle: bool
     _writing: bool
     _broken: bool
@@ -67,16 +68,48 @@ class LogWriter:
     _syncs: int
     _sync_seconds: float
 
-    def _take_pending_locked(self) -> tuple[bytearray, int]:
+    def _take_pending_locked(self) -> tuple[bytearray, int, int]:
         """Take the writing role and everything queued, for an appender that writes it itself."""
         self._writing = True
-        data, count = self._pending, self._pending_count
-        self._pending, self._pending_count = bytearray(), 0
+        taken = self._pending.take()
         self._batch = Batch()
-        self._unarchived_bytes += len(data)
-        return data, count
+        self._unarchived_bytes += taken[1]
+        return taken
 
-    def _flush_as_leader(self, data: bytearray, count: int, batch: Batch) -> None:
+    def _route_locked(
+        self, batch: Batch, waiter: LockType | None
+    ) -> tuple[tuple[bytearray, int, int] | None, int]:
+        """After queueing records: lead the write (returns what to write), or arm `waiter`.
+
+        An appender that will wait, finding the writer idle, writes the batch itself. Otherwise
+        it joins the batch (returns its place in line) and wakes the writer if that is asleep.
+        """
+        if waiter is not None and self._leader_allowed and self._writer_idle and not self._writing:
+            return self._take_pending_locked(), -1
+        index = -1
+        if waiter is not None:
+            waiter.acquire()  # armed: the release that wakes us comes from the writer or a peer
+            index = len(batch.waiters)
+            batch.waiters.append(waiter)
+        if self._writer_idle and not self._writing:
+            self._writer_idle = False
+            self._wake.notify()
+        return None, index
+
+    def _write_taken(self, taken: tuple[bytearray, int, int], last_seq: int, synced: bool) -> None:
+        """Write a taken buffer's records (durably when `synced`), then hand the buffer back."""
+        buffer, used, count = taken
+        started = time.perf_counter()
+        with memoryview(buffer) as view:
+            self._write(view[:used], last_seq - count + 1, count, synced)
+        if synced:
+            self._sync_seconds += time.perf_counter() - started
+            self._syncs += 1
+        self._appends += count
+        self._bytes_written += used
+        self._pending.give_back(buffer)
+
+    def _flush_as_leader(self, taken: tuple[bytearray, int, int], batch: Batch) -> None:
         """Write and fsync a batch in the appending thread itself.
 
         When the writer thread is idle, handing it one record and waiting to be woken costs two
@@ -86,18 +119,19 @@ class LogWriter:
         # starts the age clock it must wake up for.
         starts_age_clock = self.options.segment_max_age_s is not None and not self._active_records
         try:
-            self._write(data, batch.last_seq - count + 1, count)
-            self._appends += count
-            self._bytes_written += len(data)
+            self._write_taken(taken, batch.last_seq, self._synced_writes)
             failpoints.hit("log.after_write")
-            self._sync()
+            if not self._synced_writes:
+                self._sync()
             self._publish(batch.last_seq, [batch])
         except OSError as exc:
             self._fail(io_error(self._io_step, self._io_path, exc), [batch])
         finally:
             with self._lock:
                 self._writing = False
-                if self._writer_idle and (self._pending or self._closing or self._broken or starts_age_clock):
+                if self._writer_idle and (
+                    self._pending.count or self._closing or self._broken or starts_age_clock
+                ):
                     self._writer_idle = False
                     self._wake.notify()
         if batch.error is not None:
@@ -114,7 +148,7 @@ class LogWriter:
                     if self._broken:
                         return  # a leader's write failed; it already failed every waiter
                     if not self._writing:
-                        if self._pending or self._closing:
+                        if self._pending.count or self._closing:
                             break
                         timeout = self._idle_timeout(unsynced_since if unsynced else None, interval_s)
                         if timeout is not None and timeout <= 0:
@@ -125,21 +159,20 @@ class LogWriter:
                     self._wake.wait(timeout)
                     self._writer_idle = False
                 self._writing = True
-                parts, count = self._pending, self._pending_count
                 batch = self._batch
-                if parts:
-                    self._pending, self._pending_count = bytearray(), 0
+                taken = None
+                if self._pending.count:
+                    taken = self._pending.take()
                     self._batch = Batch()
-                    self._unarchived_bytes += len(parts)
+                    self._unarchived_bytes += taken[1]
                 closing = self._closing
             try:
-                if parts:
-                    self._write(parts, batch.last_seq - count + 1, count)
-                    self._appends += count
-                    self._bytes_written += len(parts)
+                if taken is not None:
+                    self._write_taken(taken, batch.last_seq, self._synced_writes)
                     failpoints.hit("log.after_write")
                     if policy == "always":
-                        self._sync()
+                        if not self._synced_writes:
+                            self._sync()
                         self._publish(batch.last_seq, [batch])
                     elif policy == "never":
                         self._publish(batch.last_seq, [batch])
@@ -152,14 +185,14 @@ class LogWriter:
                     self._sync()
                     self._publish(unsynced[-1].last_seq, [])
                     unsynced = []
-                if not parts:
+                if taken is None:
                     self._rotate_if_old()
             except OSError as exc:
                 self._fail(io_error(self._io_step, self._io_path, exc), [batch, *unsynced])
                 return
             with self._lock:
                 self._writing = False
-            if closing and not parts:
+            if closing and taken is None:
                 try:
                     if policy != "never":
                         self._active.sync()
@@ -178,12 +211,15 @@ class LogWriter:
             deadlines.append(self._active_born + max_age - now)
         return min(deadlines) if deadlines else None
 
-    def _write(self, data: bytearray, first_seq: int, count: int) -> None:
+    def _write(self, data: memoryview, first_seq: int, count: int, synced: bool) -> None:
         """Write queued records to the active segment, rotating where it would grow too large."""
         limit = self.options.segment_bytes
         self._io_step, self._io_path = "write", self._active.path
         if self._active.size + len(data) <= limit or (count == 1 and not self._active_records):
-            self._active.write(data)
+            if synced:
+                self._active.write_synced(data)
+            else:
+                self._active.write(data)
             self._active_records += count
             return
         # Split on record boundaries, read from each record's own length field.
@@ -194,7 +230,7 @@ class LogWriter:
             length = LENGTH.unpack_from(data, end)[0]
             if self._active.size + (end - start) + length > limit and (end > start or self._active_records):
                 if end > start:
-                    self._active.write(view[start:end])
+                    self._active.write(view[start:end])  # _rotate syncs it
                 start = end
                 self._rotate(seq)
                 continue
@@ -203,7 +239,10 @@ class LogWriter:
             self._active_records += 1
         self._io_step, self._io_path = "write", self._active.path
         if end > start:
-            self._active.write(view[start:end])
+            if synced:
+                self._active.write_synced(view[start:end])
+            else:
+                self._active.write(view[start:end])
         view.release()
 
     def _sync(self) -> None:
@@ -261,7 +300,7 @@ class LogWriter:
             self._state = error
             self._broken = True
             pending = self._batch
-            self._pending, self._pending_count = bytearray(), 0
+            self._pending.drop()
             self._space.notify_all()
         for batch in [*batches, pending]:
             batch.release(error)
