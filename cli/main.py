@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from agent.errors import AgentError, ConfigError
 from agent.sources.postgres.errors import SourceError
 from wal.errors import NotALog, WalError
-from wal.format import crc_extension_in_use
+from wal.format import slow_crc_warning
 
 from . import backfill as backfill_commands
 from . import ddl as ddl_commands
@@ -99,12 +99,9 @@ app.add_typer(flow_commands.app, name="flow")
 
 def main() -> None:
     """Run the command line (the `wallaby-agent` console script)."""
-    if not crc_extension_in_use():
-        typer.echo(
-            "warning: crcmod's C extension is not in use, so every CRC runs about 30x slower; "
-            "reinstall crcmod where a C compiler and Python headers are available",
-            err=True,
-        )
+    slow = slow_crc_warning()
+    if slow is not None:
+        typer.echo(f"warning: {slow}", err=True)
     app(prog_name="wallaby-agent")
 
 

@@ -25,7 +25,7 @@ from .errors import (
     WalFullError,
     WalIOError,
 )
-from .format import crc_extension_in_use, require_crc_extension
+from .format import crc_extension_in_use, crc_implementation, require_crc_extension
 from .log import Log, LogStats
 from .log import open_log as open
 from .options import LogOptions
@@ -54,6 +54,7 @@ __all__ = [
     "WalFullError",
     "WalIOError",
     "crc_extension_in_use",
+    "crc_implementation",
     "open",
     "read_log",
     "require_crc_extension",

@@ -16,6 +16,11 @@ import sys
 
 import crcmod
 
+try:  # hardware-accelerated CRC-64/NVME (PCLMULQDQ on x86-64, PMULL on arm64)
+    from awscrt.checksums import crc64nvme as _awscrt_crc64
+except ImportError:  # no wheel for this platform: crcmod alone
+    _awscrt_crc64 = None
+
 from .errors import BadHeader, WalError
 
 KiB = 1024
@@ -35,27 +40,54 @@ CRC = struct.Struct("<Q")
 _RESERVED = b"\x00\x00\x00"
 
 #: CRC-64/NVME: polynomial 0xAD93D23594C93659 (normal form), reflected in and out, init and xorout all ones.
-crc64 = crcmod.mkCrcFun(0x1AD93D23594C93659, rev=True, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF)
+#: crcmod is the reference: table-driven, byte at a time, about 370 MiB/s with its C extension.
+crcmod_crc64 = crcmod.mkCrcFun(0x1AD93D23594C93659, rev=True, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF)
 CRC64_CHECK = 0xAE8B14860A799888  # crc64(b"123456789")
+
+#: The CRC the log uses: awscrt's carry-less-multiply CRC-64/NVME where it is installed (about
+#: 0.5 us per 4 KiB against crcmod's 10.6 us, and it releases no GIL worth holding), else crcmod.
+#: Both take (data, previous_crc) and chain the same way; tests compare them on random data.
+crc64 = _awscrt_crc64 if _awscrt_crc64 is not None else crcmod_crc64
 
 SEGMENT_HEADER = HEADER.pack(MAGIC, VERSION, b"\x00" * 4)
 
 
-def crc_extension_in_use() -> bool:
+def crcmod_extension_in_use() -> bool:
     """True when crcmod computes CRCs in its C extension (about 30x faster than pure Python)."""
     module = sys.modules.get("crcmod.crcmod")
     return bool(getattr(module, "_usingExtension", False))
 
 
+def crc_implementation() -> str:
+    """Which code computes the log's CRCs: "awscrt", "crcmod-c" or "crcmod-python" (slow)."""
+    if crc64 is not crcmod_crc64:
+        return "awscrt"
+    return "crcmod-c" if crcmod_extension_in_use() else "crcmod-python"
+
+
+def crc_extension_in_use() -> bool:
+    """True when CRCs run in native code (awscrt, or crcmod's C extension), not pure Python."""
+    return crc_implementation() != "crcmod-python"
+
+
+def slow_crc_warning() -> str | None:
+    """One line for operators when CRCs run in pure Python, else None."""
+    if crc_extension_in_use():
+        return None
+    return (
+        "neither awscrt nor crcmod's C extension is in use, so every CRC runs about 30x slower; "
+        "install awscrt, or reinstall crcmod where a C compiler and Python headers are available"
+    )
+
+
 def require_crc_extension() -> None:
-    """Raise when crcmod's C extension is missing or the CRC function gives a wrong check value."""
-    if crc64(b"123456789") != CRC64_CHECK:
-        raise WalError("CRC-64/NVME self-check failed: crcmod gives a wrong check value")
-    if not crc_extension_in_use():
-        raise WalError(
-            "crcmod's C extension is not in use: CRCs run about 30x slower; "
-            "reinstall crcmod with a C compiler and Python headers available"
-        )
+    """Raise when CRCs would run in pure Python or an implementation gives a wrong check value."""
+    for name, function in (("crcmod", crcmod_crc64), (crc_implementation(), crc64)):
+        if function(b"123456789") != CRC64_CHECK or function(b"6789", function(b"12345")) != CRC64_CHECK:
+            raise WalError(f"CRC-64/NVME self-check failed: {name} gives a wrong check value")
+    warning = slow_crc_warning()
+    if warning is not None:
+        raise WalError(warning)
 
 
 def encode_header() -> bytes:
