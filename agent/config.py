@@ -12,8 +12,6 @@ the environment; `docs/configuration.md` documents every option.
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 import re
 import tomllib
@@ -22,10 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -43,13 +39,29 @@ from pydantic_settings import (
 
 from wal.format import HEADER_SIZE, RECORD_OVERHEAD
 from wal.options import LogOptions
-from wal.units import parse_duration, parse_size
 
+from .config_destinations import DestinationConfig
+from .config_types import (
+    Duration,
+    Lsn,
+    NonEmpty,
+    OptionalDuration,
+    OptionalSize,
+    QualifiedTable,
+    SchemaName,
+    Size,
+    SlotName,
+    SourceName,
+    _lower,
+    _Options,
+    _shown,
+)
 from .errors import ConfigError
 
 __all__ = [
     "AgentConfig",
     "DdlConfig",
+    "DestinationConfig",
     "PostgresSourceConfig",
     "ReconnectConfig",
     "SourceConfig",
@@ -60,7 +72,6 @@ __all__ = [
 ENV_PREFIX = "WALLABY_"
 ENV_NESTED_DELIMITER = "__"
 DEFAULT_DATA_DIR = "~/.wallaby"  # the same default as `wallaby-agent wal --data-dir`
-MAX_SLOT_NAME_LENGTH = 63  # PostgreSQL's NAMEDATALEN - 1
 # Plain environment variables that set one DDL option on every source that has DDL options.
 DDL_ENVIRONMENT = {
     "WALLABY_DDL_GATE": "gate",
@@ -69,137 +80,6 @@ DDL_ENVIRONMENT = {
 }
 
 _LOG_DEFAULTS = LogOptions()  # the one place the log's defaults live; the models below copy them
-
-
-# -- value types --------------------------------------------------------------------------------
-
-
-def _shown(value: Any) -> str:
-    """A value the way the operator typed it: strings quoted, booleans spelt as in TOML."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _size(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise PydanticCustomError("size", "must not be negative (got {got})", {"got": value})
-        return value
-    if isinstance(value, str):
-        try:
-            return parse_size(value)
-        except ValueError:
-            pass
-    raise PydanticCustomError("size", "not a size: {got}", {"got": _shown(value)})
-
-
-def _duration(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        if value < 0:
-            raise PydanticCustomError("duration", "must not be negative (got {got})", {"got": value})
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError:
-            pass
-    raise PydanticCustomError("duration", "not a duration: {got}", {"got": _shown(value)})
-
-
-# None passes through the parsers, so one validator serves the optional fields too and a bad
-# value gives one error rather than one per member of `int | None`.
-Size = Annotated[int, BeforeValidator(_size)]
-OptionalSize = Annotated[int | None, BeforeValidator(_size)]
-Duration = Annotated[float, BeforeValidator(_duration)]
-OptionalDuration = Annotated[float | None, BeforeValidator(_duration)]
-
-_SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_SLOT_NAME = re.compile(r"[a-z0-9_]+")
-_IDENTIFIER = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'  # plain, or double-quoted as in SQL
-_QUALIFIED_TABLE = re.compile(rf"({_IDENTIFIER})(?:\.({_IDENTIFIER}))?")
-_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-
-
-def _source_name(value: str) -> str:
-    if not _SOURCE_NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "source_name", 'must be letters, digits, "_" or "-" (got {got})', {"got": _shown(value)}
-        )
-    return value
-
-
-def _slot_name(value: str) -> str:
-    if not _SLOT_NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "slot_name",
-            "must be lowercase letters, digits and underscores (got {got})",
-            {"got": _shown(value)},
-        )
-    if len(value) > MAX_SLOT_NAME_LENGTH:
-        raise PydanticCustomError(
-            "slot_name",
-            "must be at most {limit} characters (got {length})",
-            {"limit": MAX_SLOT_NAME_LENGTH, "length": len(value)},
-        )
-    return value
-
-
-def _not_empty(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("empty", "must not be empty")
-    return value
-
-
-def _qualified_table(value: str) -> str:
-    match = _QUALIFIED_TABLE.fullmatch(value)
-    if match is None:
-        raise PydanticCustomError(
-            "table_name", 'must be "schema.table" or "table" (got {got})', {"got": _shown(value)}
-        )
-    return value if match.group(2) else f"public.{value}"
-
-
-def _schema_name(value: str) -> str:
-    if not re.fullmatch(_IDENTIFIER, value):
-        raise PydanticCustomError("schema_name", "must be a schema name (got {got})", {"got": _shown(value)})
-    return value
-
-
-def _lsn(value: str) -> str:
-    match = _LSN.fullmatch(value)
-    if match is None:
-        raise PydanticCustomError(
-            "lsn", 'must be an LSN such as "16/B374D848" (got {got})', {"got": _shown(value)}
-        )
-    return f"{int(match.group(1), 16):X}/{int(match.group(2), 16):X}"  # PostgreSQL's own spelling
-
-
-def _lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
-
-
-SourceName = Annotated[str, AfterValidator(_source_name)]
-SlotName = Annotated[str, AfterValidator(_slot_name)]
-NonEmpty = Annotated[str, AfterValidator(_not_empty)]
-QualifiedTable = Annotated[str, AfterValidator(_qualified_table)]
-SchemaName = Annotated[str, AfterValidator(_schema_name)]
-Lsn = Annotated[str, AfterValidator(_lsn)]
-
-
-# -- models -------------------------------------------------------------------------------------
-
-
-class _Options(BaseModel):
-    # A misspelt option is an error, not a silently ignored key; defaults go through the same
-    # validators as typed values, so a bad default fails at import rather than in production.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class WalConfig(_Options):
@@ -287,8 +167,8 @@ class PostgresSourceConfig(_Options):
     dsn: NonEmpty
     slot: SlotName
     publication: NonEmpty
-    publication_tables: list[QualifiedTable] = []
-    publication_schemas: list[SchemaName] = []
+    publication_tables: list[QualifiedTable] = Field(default_factory=list)
+    publication_schemas: list[SchemaName] = Field(default_factory=list)
     create_slot: bool = True
     ensure_publication: bool = True
     messages: bool = True
@@ -350,7 +230,8 @@ class AgentConfig(BaseSettings):
     log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
     log_format: Annotated[Literal["auto", "console", "json"], BeforeValidator(_lower)] = "auto"
     wal: WalConfig = Field(default_factory=WalConfig)
-    sources: list[SourceConfig] = []
+    sources: list[SourceConfig] = Field(default_factory=list)
+    destinations: list[DestinationConfig] = Field(default_factory=list)
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -388,6 +269,20 @@ class AgentConfig(BaseSettings):
                         {"slot": _shown(source.slot), "owner": _shown(owner), "at": (index, "slot")},
                     )
         return sources
+
+    @field_validator("destinations")
+    @classmethod
+    def _distinct_destinations(cls, destinations: list[Any]) -> list[Any]:
+        names: set[str] = set()
+        for index, destination in enumerate(destinations):
+            if destination.name in names:
+                raise PydanticCustomError(
+                    "duplicate_destination",
+                    "duplicate destination name {name}",
+                    {"name": _shown(destination.name), "at": (index, "name")},
+                )
+            names.add(destination.name)
+        return destinations
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,53 @@
+"""`json` (one array of envelopes) and `jsonl` (one envelope per line), through orjson."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ..delivery import Delivery, envelope
+from .base import FormatError
+
+__all__ = ["JsonFormat", "JsonLinesFormat"]
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:  # e.g. an integer beyond 64 bits
+        raise FormatError(f"cannot encode as JSON: {exc}") from exc
+
+
+class JsonFormat:
+    """A JSON array of envelopes: `[{...}, {...}]`."""
+
+    name = "json"
+    content_type = "application/json"
+    extension = ".json"
+
+    def encode(self, batch: Sequence[Delivery]) -> bytes:
+        return _dumps([envelope(delivery) for delivery in batch])
+
+    def encode_one(self, delivery: Delivery) -> bytes:
+        """One envelope as a JSON object (payload_mode = "record_json")."""
+        return _dumps(envelope(delivery))
+
+    def decode(self, data: bytes) -> list[dict[str, Any]]:
+        value = orjson.loads(data)
+        return value if isinstance(value, list) else [value]
+
+
+class JsonLinesFormat:
+    """Newline-delimited JSON: one envelope per line, each line ending in `\\n`."""
+
+    name = "jsonl"
+    content_type = "application/x-ndjson"
+    extension = ".jsonl"
+
+    def encode(self, batch: Sequence[Delivery]) -> bytes:
+        return b"".join(_dumps(envelope(delivery)) + b"\n" for delivery in batch)
+
+    def decode(self, data: bytes) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in data.splitlines() if line.strip()]
