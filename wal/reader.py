@@ -70,6 +70,7 @@ class SegmentWalker:
         self._expected_seq: int | None = None  # sequence the next record in this segment must carry
         self._stream_cm = None
         self._stream: BinaryIO | None = None
+        self._stream_end: int | None = None  # where the open stream was told the data ends
         self._items: Iterator[RawRecord | Damage] | None = None
         self._listing: list[SegmentFile] = []  # the last directory listing; refreshed at its end
         self._looked_again = False  # whether the current segment's end was read a second time
@@ -91,6 +92,15 @@ class SegmentWalker:
         out: list[Record] = []
         size = 0
         visible = self._limit() if self._limit is not None else None
+        if (
+            self._items is not None
+            and self._stream_end is not None
+            and self._stream_end != self._end_for(visible)
+        ):
+            # A stream left open at the end a writer had published then: that end has moved (or
+            # the segment is sealed), so reopen at the saved offset rather than stop short at it
+            # and mistake the rest of the segment for missing.
+            self._close_stream()
         while len(out) < max_records and size < max_bytes:
             if visible is not None and self.next_seq > visible.durable_seq:
                 break
@@ -153,15 +163,8 @@ class SegmentWalker:
                     return False
                 self._segment, self._offset, self._expected_seq = chosen, HEADER_SIZE, chosen.first_seq
                 self._looked_again = False
-            end = None
-            if (
-                visible is not None
-                and not self._segment.archived
-                and self._segment.first_seq == visible.active_first_seq
-            ):
-                end = visible.active_end
             try:
-                self._open_stream(end)
+                self._open_stream(self._end_for(visible))
                 return True
             except FileNotFoundError:
                 self._segment = None
@@ -179,6 +182,17 @@ class SegmentWalker:
                     return False
         return False
 
+    def _end_for(self, visible: Visible | None) -> int | None:
+        """How far the current segment may be read: the active segment's durable end, else all."""
+        assert self._segment is not None
+        if (
+            visible is not None
+            and not self._segment.archived
+            and self._segment.first_seq == visible.active_first_seq
+        ):
+            return visible.active_end
+        return None
+
     def _open_stream(self, end: int | None) -> None:
         assert self._segment is not None
         self._stream_cm = open_segment(self._segment.path, self._fs)
@@ -189,6 +203,7 @@ class SegmentWalker:
             self._close_stream()
             raise
         self._stream = stream
+        self._stream_end = end
         self._items = scan_records(
             stream,
             start_offset=self._offset,
@@ -200,6 +215,7 @@ class SegmentWalker:
     def _close_stream(self) -> None:
         self._items = None
         self._stream = None
+        self._stream_end = None
         if self._stream_cm is not None:
             cm, self._stream_cm = self._stream_cm, None
             cm.__exit__(None, None, None)
