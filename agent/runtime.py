@@ -19,7 +19,10 @@ from types import FrameType
 import wal
 from agent.backfill import BackfillWorker
 from agent.config import AgentConfig
+from agent.destinations import build_destination
+from agent.dlq import DeadLetters
 from agent.errors import AgentFailed
+from agent.sender import Sender
 from agent.sources.postgres.lsn import parse_lsn
 from agent.sources.postgres.source import PostgresSource
 from agent.state import StateStore
@@ -39,7 +42,10 @@ class Agent:
     log: wal.Log
     state: StateStore
     sources: list[PostgresSource]
+    senders: list[Sender] = field(default_factory=list)
+    dead_letters: DeadLetters | None = None
     threads: list[threading.Thread] = field(default_factory=list)
+    sender_threads: list[threading.Thread] = field(default_factory=list)
     errors: dict[str, BaseException] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
@@ -48,6 +54,10 @@ class Agent:
     def start(self) -> None:
         if self.backfill is not None:
             self.backfill.start()
+        for sender in self.senders:
+            thread = threading.Thread(target=self._run_sender, args=(sender,), name=f"sender-{sender.name}")
+            thread.start()
+            self.sender_threads.append(thread)
         for source in self.sources:
             thread = threading.Thread(
                 target=self._run_source, args=(source,), name=f"source-{source.config.name}"
@@ -62,13 +72,21 @@ class Agent:
             self.errors[source.config.name] = exc
             self.stop_event.set()
 
+    def _run_sender(self, sender: Sender) -> None:
+        try:
+            sender.run()
+        except BaseException as exc:  # not the destination's failure (those are retried): stop
+            sender.stats.state = "failed"
+            self.errors[f"destination {sender.name}"] = exc
+            self.stop_event.set()
+
     def stop(self) -> None:
         self.stop_event.set()
 
     def wait(self) -> None:
         """Block until stop() (or a failed source), then stop every source and join them."""
         while not self.stop_event.wait(_POLL_S):
-            if not any(thread.is_alive() for thread in self.threads):
+            if not any(thread.is_alive() for thread in self.threads + self.sender_threads):
                 break
         if self.backfill is not None:
             self.backfill.stop()
@@ -78,9 +96,15 @@ class Agent:
             thread.join(STOP_TIMEOUT_S)
         if self.backfill is not None:
             self.backfill.thread.join(STOP_TIMEOUT_S)
+        for sender in self.senders:
+            sender.stop()
+        for thread in self.sender_threads:
+            thread.join(STOP_TIMEOUT_S)
 
     def close(self) -> None:
         self.log.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close()
         self.state.close()
 
 
@@ -98,7 +122,25 @@ def build_agent(config: AgentConfig, *, start_lsn: str | None = None) -> Agent:
     sources = [PostgresSource(source, log_, state, start_lsn=explicit) for source in config.sources]
     postgres = {source.name: source for source in config.sources if source.type == "postgres"}
     backfill = BackfillWorker(postgres, log_, state) if postgres else None
-    return Agent(config, log_, state, sources, backfill=backfill)
+    dead_letters = DeadLetters(data_dir)
+    try:
+        senders = [
+            Sender(
+                log_,
+                build_destination(destination, state),
+                dead_letters,
+                batch=destination.batch,
+                retry=destination.retry,
+                tables=destination.tables,
+            )
+            for destination in config.destinations
+        ]
+    except BaseException:
+        dead_letters.close()
+        state.close()
+        log_.close()
+        raise
+    return Agent(config, log_, state, sources, senders, dead_letters, backfill=backfill)
 
 
 def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:
@@ -118,12 +160,14 @@ def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:
     finally:
         _restore_signal_handlers(previous)
         agent.close()
+    # Keys: a source's name, or "destination <name>" for a sender that failed.
     for name, error in agent.errors.items():
-        log.error("agent.source.failed", extra={"source": name, "error": str(error)})
-    log.info("agent.stopped", extra={"failed_sources": sorted(agent.errors)})
+        log.error("agent.part.failed", extra={"part": name, "error": str(error)})
+    log.info("agent.stopped", extra={"failed": sorted(agent.errors)})
     if agent.errors:
         name, error = next(iter(agent.errors.items()))
-        raise AgentFailed(f"source {name}: {error}")
+        part = name if name.startswith("destination ") else f"source {name}"
+        raise AgentFailed(f"{part}: {error}")
 
 
 def _install_signal_handlers(agent: Agent) -> dict[int, object]:

@@ -36,9 +36,9 @@ MODELS = list(_walk(AgentConfig))
 def _heading(path: tuple[str, ...], model: type[BaseModel]) -> str:
     if not path:
         return "Top level"
-    if path == ("sources",):
+    if path in (("sources",), ("destinations",)):
         tag = get_args(model.model_fields["type"].annotation)[0]
-        return f'`[[sources]]` with `type = "{tag}"`'
+        return f'`[[{path[0]}]]` with `type = "{tag}"`'
     return f"`[{'.'.join(path)}]`"
 
 

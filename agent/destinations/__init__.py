@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from .base import Destination, DestinationError, PermanentError, RetryableError, TransactionalDestination
+from .factory import build_destination
 
 __all__ = [
     "Destination",
@@ -13,4 +14,5 @@ __all__ = [
     "PermanentError",
     "RetryableError",
     "TransactionalDestination",
+    "build_destination",
 ]

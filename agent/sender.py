@@ -1,0 +1,269 @@
+"""One sender per destination: tail the log from a durable cursor, batch, deliver, retry, dead-letter.
+
+    log ──tail──▶ batch (records, bytes, linger) ──decode──▶ destination.write ──▶ cursor.commit
+                                                     │ retryable: back off, same batch again
+                                                     └ permanent: split, deliver the rest,
+                                                       dead-letter the offending record(s)
+
+Each sender has its own cursor (`dest.<name>`), so a slow or dead destination holds back only
+itself; the archiver compresses a segment once every cursor has passed it. Batches go out one
+at a time, in log order, so the changes of one key arrive in the order they were captured.
+
+The cursor moves only after the destination confirmed the batch (at-least-once). A destination
+that stores its own position in the same transaction as the data (`TransactionalDestination`)
+is resumed after that position instead, which makes it exactly-once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import wal
+from wal.reader import Record
+
+from .change import ChangeFormatError, decode_change
+from .config_destinations import BatchConfig, RetryConfig
+from .delivery import Delivery, idempotency_key
+from .destinations.base import Destination, DestinationError, PermanentError, TransactionalDestination
+from .dlq import DeadLetters
+from .retry import RetryPolicy, Stopped
+
+__all__ = ["Sender", "SenderStats", "cursor_name", "decode_records"]
+
+log = logging.getLogger("agent.sender")
+
+_STOP_CHECK_S = 0.5  # an idle sender looks at the stop flag this often
+
+
+def cursor_name(destination: str) -> str:
+    """The log cursor a destination's sender commits."""
+    return f"dest.{destination}"
+
+
+@dataclass
+class SenderStats:
+    """What a sender has done since it started; read by status and metrics."""
+
+    delivered: int = 0
+    batches: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0  # records of tables this destination does not take
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+    state: str = "starting"  # starting, running, retrying, stopped, failed
+    position: int = 0
+
+
+@dataclass
+class _Batch:
+    records: list[Record] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    payloads: dict[int, bytes] = field(default_factory=dict)
+
+
+def decode_records(
+    records: Sequence[Record], on_bad: Callable[[Record, str], None] | None = None
+) -> list[Delivery]:
+    """Decode log records into deliveries; a payload that is not a change goes to `on_bad`."""
+    deliveries = []
+    for record in records:
+        try:
+            change = decode_change(record.payload)
+        except ChangeFormatError as exc:
+            if on_bad is not None:
+                on_bad(record, f"not a change record: {exc}")
+            continue
+        deliveries.append(
+            Delivery(
+                record.seq,
+                change,
+                idempotency_key(change, record.seq),
+                record.timestamp_ms,
+                len(record.payload),
+            )
+        )
+    return deliveries
+
+
+class Sender:
+    """Delivers a log to one destination until stopped; run it in its own thread."""
+
+    def __init__(
+        self,
+        log_: wal.Log,
+        destination: Destination,
+        dead_letters: DeadLetters,
+        *,
+        batch: BatchConfig,
+        retry: RetryConfig,
+        tables: Sequence[str] = (),
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.log = log_
+        self.destination = destination
+        self.name = destination.name
+        self.dead_letters = dead_letters
+        self.batch_config = batch
+        self.tables = frozenset(tables)
+        self.stop_event = stop_event or threading.Event()
+        self.stats = SenderStats()
+        self.cursor = log_.cursor(cursor_name(self.name))
+        self._retry = RetryPolicy(retry, self.stop_event, destination=self.name, on_retry=self._count_retry)
+        self._tail: wal.Tail | None = None
+        self._written_through = 0  # the last seq handed to destination.write
+        self._processed_through = 0  # the last seq read, written or skipped
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Deliver until stop(); raises only for errors that are not the destination's."""
+        try:
+            self._retry.call(self._open)
+            start = self.cursor.position + 1
+            if isinstance(self.destination, TransactionalDestination):
+                start = max(start, self.destination.position() + 1)
+            self.stats.position = start - 1
+            self._written_through = self._processed_through = start - 1
+            self._tail = self.log.tail(start)
+            self.stats.state = "running"
+            while not self.stop_event.is_set():
+                batch = self._collect()
+                if batch.records:
+                    self._deliver_batch(batch)
+                else:
+                    poll = getattr(self.destination, "poll", None)
+                    if poll is not None:  # a buffering destination (files) flushes on time here
+                        self._retry.call(poll)
+                    if isinstance(self.destination, TransactionalDestination):
+                        self._commit()
+        except Stopped:
+            pass
+        finally:
+            self.stats.state = "stopped" if self.stats.state != "failed" else "failed"
+            if self._tail is not None:
+                self._tail.close()
+            self.destination.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._tail is not None:
+            self._tail.close()
+
+    def _open(self) -> None:
+        self.destination.open()
+
+    def _collect(self) -> _Batch:
+        """Wait for records, then gather more until a limit is reached or `linger` passes."""
+        assert self._tail is not None
+        config = self.batch_config
+        batch = _Batch()
+        size = 0
+        deadline: float | None = None
+        while len(batch.records) < config.max_records and size < config.max_bytes:
+            if self.stop_event.is_set():
+                break
+            if deadline is None:
+                timeout = _STOP_CHECK_S
+            else:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+            records = self._tail.next_batch(
+                config.max_records - len(batch.records), config.max_bytes - size, timeout_s=timeout
+            )
+            if not records:
+                if deadline is None:
+                    return batch  # idle: let the caller check the stop flag
+                continue
+            batch.records.extend(records)
+            size += sum(len(record.payload) for record in records)
+            if deadline is None:
+                deadline = time.monotonic() + config.linger
+        return batch
+
+    def _deliver_batch(self, batch: _Batch) -> None:
+        records = batch.records
+        wanted = [r for r in records if r.seq > self._written_through]  # a transactional resume
+        payloads = {record.seq: record.payload for record in wanted}
+        deliveries = decode_records(wanted, self._dead_letter_record)
+        if self.tables:
+            taken = [d for d in deliveries if d.change.table in self.tables]
+            self.stats.skipped += len(deliveries) - len(taken)
+            deliveries = taken
+        if deliveries:
+            self._deliver(deliveries, payloads)
+            self._written_through = deliveries[-1].seq
+        self._processed_through = records[-1].seq
+        self._commit()
+
+    def _deliver(self, deliveries: list[Delivery], payloads: dict[int, bytes]) -> None:
+        """Deliver with retries; on a permanent refusal, split to find and dead-letter the culprits."""
+        try:
+            _, attempts = self._retry.call(lambda: self.destination.write(deliveries))
+        except PermanentError as exc:
+            if len(deliveries) == 1:
+                self._dead_letter(deliveries[0], payloads, exc, attempts=1)
+                return
+            middle = len(deliveries) // 2
+            self._deliver(deliveries[:middle], payloads)
+            self._deliver(deliveries[middle:], payloads)
+            return
+        except DestinationError as exc:  # retries exhausted under on_retry_exhaustion
+            attempts = (self._retry.config.max_retries or 0) + 1
+            for delivery in deliveries:
+                self._dead_letter(delivery, payloads, exc, attempts=attempts)
+            return
+        self.stats.delivered += len(deliveries)
+        self.stats.batches += 1
+        self.stats.last_success_at = time.time()
+        self.stats.state = "running"
+        log.info(
+            "Successfully sent records",
+            extra={"destination": self.name, "count": len(deliveries), "last_seq": deliveries[-1].seq},
+        )
+
+    def _commit(self) -> None:
+        """Move the cursor past what the destination has confirmed (and what it skipped)."""
+        target = self._processed_through
+        if isinstance(self.destination, TransactionalDestination):
+            stored = self.destination.position()
+            if stored < self._written_through:
+                target = stored  # written but not yet stored (a file not yet rotated)
+        if target > self.cursor.position:
+            self.cursor.commit(target)
+        self.stats.position = self.cursor.position
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _count_retry(self, _attempt: int, _delay: float, error: BaseException) -> None:
+        self.stats.retries += 1
+        self.stats.state = "retrying"
+        self.stats.last_error = str(error)
+        self.stats.last_error_at = time.time()
+
+    def _dead_letter(
+        self, delivery: Delivery, payloads: dict[int, bytes], error: BaseException, *, attempts: int
+    ) -> None:
+        letter = self.dead_letters.add(
+            self.name, delivery.seq, delivery.idempotency_key, payloads[delivery.seq], str(error), attempts
+        )
+        self.stats.dead_lettered += 1
+        self.stats.last_error = str(error)
+        self.stats.last_error_at = time.time()
+        log.warning(
+            "sender.dead_lettered",
+            extra={"destination": self.name, "seq": delivery.seq, "dlq_id": letter, "error": str(error)},
+        )
+
+    def _dead_letter_record(self, record: Record, reason: str) -> None:
+        letter = self.dead_letters.add(self.name, record.seq, f"seq-{record.seq}", record.payload, reason, 0)
+        self.stats.dead_lettered += 1
+        log.warning(
+            "sender.dead_lettered", extra={"destination": self.name, "seq": record.seq, "dlq_id": letter}
+        )

@@ -1,0 +1,110 @@
+"""`wallaby-agent wal replay`: re-send what is on disk to destinations, without moving cursors."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import wal
+from agent.config import load_config
+from agent.destinations import build_destination
+from agent.dlq import DeadLetters
+from agent.replay import ReplayTarget, records_from_files, replay
+from agent.state import StateStore
+
+
+def _since_ms(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO 8601 time such as 2026-11-23T10:00:00Z", param_hint="--since"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def replay_command(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Segment or archive files to replay (instead of --all).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="WALLABY_CONFIG", help="The agent's configuration."),
+    ] = None,
+    all_records: Annotated[
+        bool, typer.Option("--all", help="Everything still on disk: archives, then live segments.")
+    ] = False,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Only this destination (default: every one).")
+    ] = None,
+    from_seq: Annotated[int, typer.Option("--from-seq", min=1, help="Start at this sequence number.")] = 1,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only records appended at or after this time (ISO 8601).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be sent; send nothing.")
+    ] = False,
+) -> None:
+    """Re-send records still on disk to destinations, in order, without moving their cursors."""
+    if config is None:
+        raise typer.BadParameter(
+            "replay needs the agent's configuration (--config) to know the destinations",
+            param_hint="--config",
+        )
+    if bool(paths) == all_records:
+        raise typer.BadParameter(
+            "give either --all or segment files to replay, not both", param_hint="PATH / --all"
+        )
+    settings = load_config(config)
+    chosen = [d for d in settings.destinations if to is None or d.name == to]
+    if not chosen:
+        where = f"destination {to!r} is not" if to else "no destinations are"
+        raise typer.BadParameter(f"{where} configured in {config}", param_hint="--to")
+    since_ms = _since_ms(since)
+    data_dir = os.fspath(settings.data_dir)
+    if paths:
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise typer.BadParameter(f"no such file: {missing[0]}", param_hint="PATH")
+        records = (r for r in records_from_files([os.fspath(p) for p in paths]) if r.seq >= from_seq)
+    else:
+        records = wal.read_log(data_dir, from_seq)
+    state = StateStore(data_dir)
+    dead_letters = DeadLetters(data_dir)
+    try:
+        targets = [ReplayTarget(build_destination(d, state), d.retry, frozenset(d.tables)) for d in chosen]
+        done = [0]
+        tty = sys.stderr.isatty()
+
+        def progress(count: int) -> None:
+            done[0] += count
+            if tty:
+                typer.echo(f"\rreplayed {done[0]:,} records", nl=False, err=True)
+
+        summary = replay(
+            records, targets, dead_letters, since_ms=since_ms, dry_run=dry_run, progress=progress
+        )
+        if tty:
+            typer.echo("", err=True)
+    finally:
+        dead_letters.close()
+        state.close()
+    verb = "would send" if dry_run else "sent"
+    span = f"seq {summary.first_seq}..{summary.last_seq}" if summary.first_seq is not None else "nothing"
+    typer.echo(
+        f"read {summary.read:,} records ({span}) in {summary.seconds:.1f} s; skipped {summary.skipped:,}"
+    )
+    for name, count in summary.sent.items():
+        dead = summary.dead_lettered.get(name, 0)
+        typer.echo(f"  {name}: {verb} {count:,}" + (f", dead-lettered {dead:,}" if dead else ""))
+    if any(summary.dead_lettered.values()):
+        raise typer.Exit(1)
