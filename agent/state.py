@@ -73,6 +73,13 @@ CREATE TABLE IF NOT EXISTS backfill_requests (
     created_at REAL NOT NULL,
     finished_at REAL
 );
+CREATE TABLE IF NOT EXISTS table_schemas (
+    source TEXT NOT NULL,
+    table_name TEXT NOT NULL,        -- "schema.name", as change records name it
+    columns TEXT NOT NULL,           -- JSON: [{"name", "type" (format_type), "key"}] in column order
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (source, table_name)
+);
 """
 
 
@@ -287,6 +294,64 @@ class StateStore:
     def clear_snapshot_progress(self, source: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM snapshot_progress WHERE source = ?", (source,))
+
+    # -- table schemas -----------------------------------------------------------------------------
+    # The source's column types as it last described each table, so that destinations can create
+    # and evolve target tables "from the source's column types" without a link to the source.
+
+    def record_table_schema(self, source: str, table: str, columns: list[dict[str, Any]]) -> bool:
+        """Store a table's columns ({name, type, key}); True when they differ from what was stored.
+
+        An unchanged schema is not written again: the source calls this for every Relation
+        message, and each write is an fsync.
+        """
+        text = json.dumps([_schema_column(column) for column in columns], separators=(",", ":"))
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT columns FROM table_schemas WHERE source = ? AND table_name = ?", (source, table)
+            ).fetchone()
+            if row is not None and row[0] == text:
+                return False
+            db.execute(
+                "INSERT INTO table_schemas VALUES (?, ?, ?, ?) ON CONFLICT (source, table_name)"
+                " DO UPDATE SET columns = excluded.columns, updated_at = excluded.updated_at",
+                (source, table, text, time.time()),
+            )
+        return True
+
+    def table_schema(self, source: str, table: str) -> list[dict[str, Any]] | None:
+        """The stored columns of a source's table, in column order; None when never recorded."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT columns FROM table_schemas WHERE source = ? AND table_name = ?", (source, table)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def table_schemas(self) -> list[TableSchema]:
+        """Every stored table schema, by source and table."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT source, table_name, columns, updated_at FROM table_schemas ORDER BY source, table_name"
+            ).fetchall()
+        return [TableSchema(row[0], row[1], json.loads(row[2]), row[3]) for row in rows]
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A source table's columns as last recorded: [{"name", "type", "key"}]."""
+
+    source: str
+    table: str
+    columns: list[dict[str, Any]]
+    updated_at: float
+
+
+def _schema_column(column: dict[str, Any]) -> dict[str, Any]:
+    """The three stored fields, checked: a malformed column would break every destination later."""
+    name, type_ = column.get("name"), column.get("type")
+    if not isinstance(name, str) or not name or not isinstance(type_, str) or not type_:
+        raise ValueError(f"a table schema column needs a name and a type: {column!r}")
+    return {"name": name, "type": type_, "key": bool(column.get("key", False))}
 
 
 @dataclass(frozen=True)

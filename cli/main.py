@@ -19,8 +19,11 @@ from wal.errors import NotALog, WalError
 from wal.format import slow_crc_warning
 
 from . import backfill as backfill_commands
+from . import certify as certify_commands
 from . import ddl as ddl_commands
+from . import dlq as dlq_commands
 from . import flow as flow_commands
+from . import replay as replay_commands
 from . import run as run_commands
 from . import wal as wal_commands
 
@@ -89,12 +92,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+wal_commands.app.command("replay")(replay_commands.replay_command)
 app.add_typer(wal_commands.app, name="wal")
 app.command("run")(run_commands.run_command)
 app.add_typer(run_commands.source_app, name="source")
 app.command("backfill")(backfill_commands.backfill_command)
 app.add_typer(ddl_commands.app, name="ddl")
 app.add_typer(flow_commands.app, name="flow")
+app.add_typer(dlq_commands.app, name="dlq")
+app.command("certify")(certify_commands.certify_command)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from agent.ddl import DdlGate
 from agent.errors import first_line
 from agent.state import SourcePosition, StateStore
 
-from .catalog import primary_key
+from .catalog import primary_key, record_relation_schema
 from .changes import ChangeDecoder, skip_prefix
 from .ddl import install_ddl_capture
 from .errors import ReplicationError, ReplicationSetupError, SlotLost, SourceError
@@ -404,6 +404,8 @@ class PostgresSource:
                             in_txn = False
                         elif cls is Relation:
                             decoder.relation(item)
+                            # Destinations create and evolve tables from these column types.
+                            record_relation_schema(self.state, config.name, conn, item)
                         elif cls is TypeInfo:
                             decoder.type_info(item)
                         elif cls is Truncate:

@@ -1,0 +1,385 @@
+"""The postgres destination against the test server: upserts, deletes, key changes, truncates, TOAST,
+soft delete, append mode, exactly-once positions, DDL, table creation from stored schemas, error
+classification, speed, and a real capture from a source database certified equal to its copy."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from agent.certify import certify_table
+from agent.change import Change
+from agent.config_destinations import PostgresDestinationConfig
+from agent.delivery import Delivery, idempotency_key
+from agent.destinations.base import PermanentError, RetryableError, TransactionalDestination
+from agent.destinations.postgres import PostgresDestination
+from agent.errors import ConfigError
+from agent.sources.postgres.catalog import describe_relation, describe_table, record_relation_schema
+from agent.sources.postgres.pgoutput import Column, Relation
+from agent.state import StateStore
+from tests.agent_harness import (
+    agent_config,
+    execute,
+    logged_changes,
+    query,
+    running_agent,
+    source_config,
+    wait_for,
+)
+
+
+@pytest.fixture
+def target_dsn(pg_server):
+    name = f"target_{uuid.uuid4().hex[:8]}"
+    dsn = pg_server.create_database(name)
+    yield dsn
+    if not pg_server.is_running():
+        pg_server.start()
+    pg_server.drop_database(name)
+
+
+def change(op, key=None, after=None, before=None, table="public.orders", **fields):
+    return Change(table=table, op=op, source="app", key=key, after=after, before=before, lsn="0/1", **fields)
+
+
+def deliveries(changes, start=1):
+    return [Delivery(seq, c, idempotency_key(c, seq)) for seq, c in enumerate(changes, start)]
+
+
+def destination(dsn, state=None, **options):
+    config = PostgresDestinationConfig(name="pg", type="postgres", dsn=dsn, **options)
+    dest = PostgresDestination(config, state)
+    dest.open()
+    return dest
+
+
+def rows(dsn, sql):
+    return query(dsn, sql)
+
+
+def test_target_mode_upserts_deletes_moves_keys_and_truncates(target_dsn):
+    dest = destination(target_dsn)
+    assert isinstance(dest, TransactionalDestination)
+    dest.write(
+        deliveries(
+            [
+                change("insert", {"id": 1}, {"id": 1, "note": "one", "n": 1}),
+                change("insert", {"id": 2}, {"id": 2, "note": "two", "n": 2}),
+                change("snapshot", {"id": 3}, {"id": 3, "note": "three", "n": 3}),
+                change("update", {"id": 1}, {"id": 1, "note": "uno", "n": 10}),
+                change("update", {"id": 20}, {"id": 20, "note": "moved", "n": 2}, before={"id": 2}),
+                change("delete", {"id": 3}, before={"id": 3}),
+                change("message", message={"prefix": "x", "content": "y"}, table=""),
+            ]
+        )
+    )
+    assert rows(target_dsn, "SELECT id, note, n FROM public.orders ORDER BY id") == [
+        (1, "uno", 10),
+        (20, "moved", 2),
+    ]
+    assert dest.position() == 7
+    assert dest.stats["messages_ignored"] == 1
+    # The key of the created table is the change's key.
+    assert describe_table(psycopg.connect(target_dsn, autocommit=True), "public", "orders")[0] == {
+        "name": "id",
+        "type": "bigint",
+        "key": True,
+    }
+    dest.write(deliveries([change("truncate", message={"cascade": False, "restart_identity": False})], 8))
+    assert rows(target_dsn, "SELECT count(*) FROM public.orders") == [(0,)]
+    dest.close()
+
+
+def test_unchanged_toast_columns_keep_the_target_value_and_are_null_on_a_new_row(target_dsn):
+    dest = destination(target_dsn)
+    dest.write(deliveries([change("insert", {"id": 1}, {"id": 1, "big": "x" * 5000, "n": 1})]))
+    dest.write(
+        deliveries(
+            [
+                change("update", {"id": 1}, {"id": 1, "n": 2}, unchanged=["big"]),
+                change("update", {"id": 2}, {"id": 2, "n": 3}, unchanged=["big"]),
+            ],
+            2,
+        )
+    )
+    assert rows(target_dsn, "SELECT id, length(big), n FROM public.orders ORDER BY id") == [
+        (1, 5000, 2),
+        (2, None, 3),
+    ]
+
+
+def test_meta_columns_and_soft_delete(target_dsn):
+    dest = destination(target_dsn, meta_enabled=True, soft_delete=True)
+    dest.write(
+        deliveries(
+            [
+                change("insert", {"id": 1}, {"id": 1, "v": "a"}),
+                change("insert", {"id": 2}, {"id": 2, "v": "b"}),
+                change("delete", {"id": 2}, before={"id": 2}),
+            ]
+        )
+    )
+    got = rows(
+        target_dsn,
+        "SELECT id, v, __ds_is_deleted, __ds_op, __ds_watermark, __ds_synced_at > now() - interval '1 minute'"
+        " FROM public.orders ORDER BY id",
+    )
+    assert got == [(1, "a", False, "insert", 1, True), (2, "b", True, "delete", 3, True)]
+    dest.write(deliveries([change("truncate")], 4))
+    assert rows(target_dsn, "SELECT id, __ds_is_deleted, __ds_op FROM public.orders ORDER BY id") == [
+        (1, True, "truncate"),
+        (2, True, "delete"),
+    ]
+    # Re-inserting a deleted key revives the row.
+    dest.write(deliveries([change("insert", {"id": 2}, {"id": 2, "v": "again"})], 5))
+    assert rows(target_dsn, "SELECT v, __ds_is_deleted FROM public.orders WHERE id = 2") == [("again", False)]
+
+
+def test_soft_delete_without_meta_columns_is_a_configuration_error(target_dsn):
+    config = PostgresDestinationConfig(name="pg", type="postgres", dsn=target_dsn, soft_delete=True)
+    with pytest.raises(ConfigError, match="soft_delete = true needs meta_enabled = true"):
+        PostgresDestination(config, None)
+
+
+def test_exactly_once_a_resent_batch_adds_nothing_in_append_mode(target_dsn):
+    dest = destination(target_dsn, write_mode="append")
+    batch = deliveries([change("insert", {"id": i}, {"id": i, "v": str(i)}) for i in range(1, 5)])
+    dest.write(batch)
+    assert dest.position() == 4
+    # The sender's rule: nothing past the position is left, nothing is sent.
+    assert [d for d in batch if d.seq > dest.position()] == []
+    # A batch re-sent on purpose (and one overlapping it) is skipped up to the stored position.
+    dest.write(batch)
+    more = deliveries([change("update", {"id": i}, {"id": i, "v": "new"}) for i in range(3, 7)], 3)
+    dest.write(more)
+    got = rows(target_dsn, "SELECT id, v, __ds_op, __ds_watermark FROM public.orders ORDER BY __ds_watermark")
+    assert got == [
+        (1, "1", "insert", 1),
+        (2, "2", "insert", 2),
+        (3, "3", "insert", 3),
+        (4, "4", "insert", 4),
+        (5, "new", "update", 5),
+        (6, "new", "update", 6),
+    ]
+    assert dest.position() == 6 and dest.stats["records_skipped"] == 6
+    # A delete is appended as a row too, marked deleted.
+    dest.write(deliveries([change("delete", {"id": 1}, before={"id": 1})], 7))
+    assert rows(target_dsn, "SELECT id, __ds_is_deleted FROM public.orders WHERE __ds_watermark = 7") == [
+        (1, True)
+    ]
+
+
+def test_a_failed_batch_leaves_neither_rows_nor_position_and_not_null_is_permanent(target_dsn):
+    execute(target_dsn, "CREATE TABLE public.orders (id bigint PRIMARY KEY, v text NOT NULL)")
+    dest = destination(target_dsn)
+    dest.write(deliveries([change("insert", {"id": 1}, {"id": 1, "v": "a"})]))
+    bad = deliveries(
+        [change("insert", {"id": 2}, {"id": 2, "v": "b"}), change("insert", {"id": 3}, {"id": 3, "v": None})],
+        2,
+    )
+    with pytest.raises(PermanentError, match="null value in column") as failure:
+        dest.write(bad)
+    assert "\n" not in str(failure.value)
+    assert dest.position() == 1
+    assert rows(target_dsn, "SELECT id FROM public.orders ORDER BY id") == [(1,)]
+    with pytest.raises(PermanentError, match="invalid input syntax"):
+        dest.write(deliveries([change("insert", {"id": "x"}, {"id": "x", "v": "b"})], 2))
+    # The destination goes on after a refused batch.
+    dest.write(deliveries([change("insert", {"id": 2}, {"id": 2, "v": "b"})], 2))
+    assert dest.position() == 2
+
+
+def test_a_stopped_server_is_retryable_and_the_next_batch_reconnects(pg_private_server):
+    dsn = pg_private_server.create_database("target")
+    dest = destination(dsn)
+    dest.write(deliveries([change("insert", {"id": 1}, {"id": 1})]))
+    pg_private_server.stop()
+    with pytest.raises(RetryableError):
+        dest.write(deliveries([change("insert", {"id": 2}, {"id": 2})], 2))
+    with pytest.raises(RetryableError):
+        destination(dsn)
+    pg_private_server.start()
+    dest.write(deliveries([change("insert", {"id": 2}, {"id": 2})], 2))
+    assert dest.position() == 2 and rows(dsn, "SELECT count(*) FROM public.orders") == [(2,)]
+
+
+def test_tables_are_created_from_the_stored_schema_with_type_mappings(target_dsn, tmp_path):
+    state = StateStore(tmp_path / "state")
+    columns = [
+        {"name": "id", "type": "integer", "key": True},
+        {"name": "amount", "type": "numeric(10,2)", "key": False},
+        {"name": "tags", "type": "text[]", "key": False},
+        {"name": "doc", "type": "jsonb", "key": False},
+        {"name": "raw", "type": "bytea", "key": False},
+        {"name": "at", "type": "timestamp with time zone", "key": False},
+        {"name": "mood", "type": "public.mood", "key": False},  # an enum the target lacks
+        {"name": "note", "type": "character varying(20)", "key": False},
+    ]
+    assert state.record_table_schema("app", "public.orders", columns) is True
+    assert state.record_table_schema("app", "public.orders", columns) is False  # unchanged: not rewritten
+    assert [s.table for s in state.table_schemas()] == ["public.orders"]
+    dest = destination(target_dsn, state, schema="copy", type_mappings={"character varying": "text"})
+    after = {
+        "id": 1,
+        "amount": "12.50",
+        "tags": ["a", 'b "q"', None],
+        "doc": "just a string",
+        "raw": "AAEC",
+        "at": "2024-01-02T03:04:05.250000Z",
+        "mood": "happy",
+    }
+    dest.write(deliveries([change("insert", {"id": 1}, after)]))
+    types = {c["name"]: c["type"] for c in describe_table(psycopg.connect(target_dsn), "copy", "orders")}
+    assert types == {
+        "id": "integer",
+        "amount": "numeric(10,2)",
+        "tags": "text[]",
+        "doc": "jsonb",
+        "raw": "bytea",
+        "at": "timestamp with time zone",
+        "mood": "text",
+        "note": "text",
+    }
+    got = rows(
+        target_dsn,
+        "SELECT amount::text, tags, doc #>> '{}', raw, at = '2024-01-02 03:04:05.25Z', note FROM copy.orders",
+    )
+    assert got == [("12.50", ["a", 'b "q"', None], "just a string", b"\x00\x01\x02", True, None)]
+
+
+def test_ddl_adds_columns_creates_tables_and_runs_a_safe_alter_table(target_dsn, tmp_path):
+    state = StateStore(tmp_path / "state")
+    dest = destination(target_dsn, state)
+    dest.write(deliveries([change("insert", {"id": 1}, {"id": 1, "v": "a"})]))
+    alter = change(
+        "ddl",
+        table="public.orders",
+        message={
+            "statement": "ALTER TABLE orders ADD COLUMN extra integer DEFAULT 7;",
+            "command_tag": "ALTER TABLE",
+        },
+    )
+    state.record_table_schema(
+        "app",
+        "public.items",
+        [{"name": "sku", "type": "text", "key": True}, {"name": "price", "type": "numeric", "key": False}],
+    )
+    create = change(
+        "ddl",
+        table="public.items",
+        message={"statement": "CREATE TABLE items (...)", "command_tag": "CREATE TABLE"},
+    )
+    dest.write(deliveries([alter, create], 2))
+    assert rows(target_dsn, "SELECT id, v, extra FROM public.orders") == [(1, "a", 7)]
+    assert [c["name"] for c in describe_table(psycopg.connect(target_dsn), "public", "items")] == [
+        "sku",
+        "price",
+    ]
+    assert dest.stats["ddl_applied"] == 2
+    # A column that appears in the rows is added on the fly.
+    dest.write(deliveries([change("insert", {"id": 2}, {"id": 2, "v": "b", "more": 1.5})], 4))
+    assert rows(target_dsn, "SELECT id, more FROM public.orders ORDER BY id") == [(1, None), (2, 1.5)]
+    # With apply_ddl = false, it is refused instead.
+    strict = destination(target_dsn, state, apply_ddl=False, position_table="strict_positions")
+    with pytest.raises(PermanentError, match="lacks column"):
+        strict.write(deliveries([change("insert", {"id": 3}, {"id": 3, "newer": 1})], 5))
+
+
+def test_record_relation_schema_uses_the_message_types_and_the_primary_key(pg_dsn, tmp_path):
+    execute(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, amount numeric(10,2), tags text[], at timestamptz)")
+    oids = dict(
+        query(
+            pg_dsn,
+            "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0",
+        )
+    )
+    relation = Relation(
+        1,
+        "public",
+        "t",
+        "f",  # replica identity full: every column flagged, the primary key is the key
+        (
+            Column(True, "id", oids["id"], -1),
+            Column(True, "amount", oids["amount"], (10 << 16 | 2) + 4),
+            Column(True, "tags", oids["tags"], -1),
+            Column(True, "at", oids["at"], -1),
+        ),
+    )
+    state = StateStore(tmp_path / "state")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert describe_relation(conn, relation) == describe_table(conn, "public", "t")
+        assert record_relation_schema(state, "app", conn, relation) is True
+        assert record_relation_schema(state, "app", conn, relation) is False
+    assert state.table_schema("app", "public.t") == [
+        {"name": "id", "type": "integer", "key": True},
+        {"name": "amount", "type": "numeric(10,2)", "key": False},
+        {"name": "tags", "type": "text[]", "key": False},
+        {"name": "at", "type": "timestamp with time zone", "key": False},
+    ]
+
+
+SOURCE_TABLE = (
+    "CREATE TABLE orders (id int PRIMARY KEY, note text, amount numeric(12,3), price float8, ratio real,"
+    " tags text[], nums int[], doc jsonb, raw bytea, at timestamptz, day date, local timestamp, span interval,"
+    " ok boolean, ref uuid)"
+)
+
+
+def test_changes_captured_from_a_real_source_apply_to_an_equal_copy(pg_dsn, target_dsn, tmp_path):
+    execute(pg_dsn, SOURCE_TABLE)
+    state = StateStore(tmp_path / "state")
+    with psycopg.connect(pg_dsn) as conn:
+        state.record_table_schema("app", "public.orders", describe_table(conn, "public", "orders"))
+    config = agent_config(str(tmp_path / "data"), source_config(pg_dsn, publication_tables=["public.orders"]))
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.sources[0].status.state == "streaming", what="streaming")
+        execute(
+            pg_dsn,
+            "INSERT INTO orders SELECT g, 'note ' || g, g * 1.125, g / 3.0, g / 7.0, ARRAY['a', NULL, 'c\"d'],"
+            " ARRAY[g, g + 1], jsonb_build_object('g', g, 'list', jsonb_build_array(1, 'x')), '\\x00ff'::bytea,"
+            " '2024-01-02 03:04:05.25+02'::timestamptz + g * interval '1 hour', '2024-02-29', '2024-01-01 10:00:00.5',"
+            " 'P1Y2M3DT4H', g % 2 = 0, gen_random_uuid() FROM generate_series(1, 300) g",
+            "UPDATE orders SET note = 'changed', price = 'NaN' WHERE id <= 10",
+            "UPDATE orders SET id = id + 1000 WHERE id BETWEEN 11 AND 20",  # key changes
+            "DELETE FROM orders WHERE id BETWEEN 21 AND 40",
+            "TRUNCATE orders",
+            "INSERT INTO orders (id, note, doc, tags) VALUES (1, 'after truncate', '\"a json string\"', '{}')",
+            "INSERT INTO orders SELECT g, 'again', g FROM generate_series(2, 50) g",
+            "UPDATE orders SET id = 5000 WHERE id = 2",
+            "DELETE FROM orders WHERE id = 3",
+        )
+        wait_for(
+            lambda: len(logged_changes(config.data_dir)) == 300 + 10 + 10 + 20 + 1 + 1 + 49 + 1 + 1,
+            what="all changes",
+        )
+    captured = logged_changes(config.data_dir)
+    assert {c.op for _s, c in captured} == {"insert", "update", "delete", "truncate"}
+    dest = destination(target_dsn, state)
+    # Two batches, the first one sent twice: the position keeps it from applying again.
+    batches = [captured[:200], captured[200:]]
+    for batch in [batches[0], batches[0], batches[1]]:
+        sendable = [Delivery(s, c, idempotency_key(c, s)) for s, c in batch if s > dest.position()]
+        dest.write(sendable)
+    assert dest.position() == captured[-1][0]
+    result = certify_table(pg_dsn, target_dsn, "public.orders")
+    assert result.equal, result
+    assert result.source_rows == 49 and result.dest_rows == 49
+
+
+def test_a_10000_row_insert_batch_applies_whole(target_dsn):
+    dest = destination(target_dsn, meta_enabled=True)
+    batch = deliveries(
+        [
+            change(
+                "insert",
+                {"id": i},
+                {"id": i, "note": f"note {i}", "amount": "12.50", "at": "2024-01-02T03:04:05.000000Z"},
+            )
+            for i in range(10_000)
+        ]
+    )
+    dest.write(batch[:1])  # the table exists before the clock starts
+    dest.write(batch[1:])
+    assert rows(target_dsn, "SELECT count(*) FROM public.orders") == [(10_000,)]
