@@ -25,6 +25,9 @@ class Format(Protocol):
     name: str
     content_type: str
     extension: str  # file name suffix, with its dot: ".jsonl"
+    # True: a body holds one table (its schema is that table's), and `encode` raises ValueError
+    # for a batch that mixes tables, so the caller splits batches by table first.
+    single_table: bool
 
     def encode(self, batch: Sequence[Delivery]) -> bytes:
         """One body holding every record of `batch`, in order; FormatError for an unencodable value."""

@@ -26,6 +26,7 @@ class JsonFormat:
     name = "json"
     content_type = "application/json"
     extension = ".json"
+    single_table = False
 
     def encode(self, batch: Sequence[Delivery]) -> bytes:
         return _dumps([envelope(delivery) for delivery in batch])
@@ -45,6 +46,7 @@ class JsonLinesFormat:
     name = "jsonl"
     content_type = "application/x-ndjson"
     extension = ".jsonl"
+    single_table = False
 
     def encode(self, batch: Sequence[Delivery]) -> bytes:
         return b"".join(_dumps(envelope(delivery)) + b"\n" for delivery in batch)
