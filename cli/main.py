@@ -25,6 +25,7 @@ from . import dlq as dlq_commands
 from . import flow as flow_commands
 from . import replay as replay_commands
 from . import run as run_commands
+from . import stream as stream_commands
 from . import wal as wal_commands
 
 EXIT_FAILURE = 1
@@ -100,6 +101,7 @@ app.command("backfill")(backfill_commands.backfill_command)
 app.add_typer(ddl_commands.app, name="ddl")
 app.add_typer(flow_commands.app, name="flow")
 app.add_typer(dlq_commands.app, name="dlq")
+app.add_typer(stream_commands.app, name="stream")
 app.command("certify")(certify_commands.certify_command)
 
 

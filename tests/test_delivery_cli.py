@@ -60,6 +60,30 @@ def test_file_destination_rotates_whole_files_and_resumes_exactly_once(tmp_path)
     assert len([n for n in names if n.endswith(".jsonl")]) > 2, "rotated into several files"
 
 
+def test_file_destination_writes_one_parquet_file_per_table_per_rotation(tmp_path):
+    from agent.formats import get_format
+
+    out = tmp_path / "out"
+    changes = [change(i) for i in range(30)]
+    for index in range(0, 30, 3):
+        changes[index].table = "public.other"
+    with wal.open(str(tmp_path / "data")) as log:
+        seqs = log.append_batch([encode_change(c) for c in changes])
+        sender = file_sender(log, out, tmp_path / "data", format="parquet", rotate_seconds=0.2)
+        with Running(sender):
+            wait_until(lambda: log.cursor(cursor_name("files")).position == seqs[-1], "everything")
+    parquet = get_format("parquet")
+    by_table: dict[str, list[int]] = {}
+    for name in sorted(os.listdir(out)):
+        if name.endswith(".parquet"):
+            for record in parquet.decode((out / name).read_bytes()):
+                by_table.setdefault(record["table"], []).append(record["seq"])
+                assert name.startswith(record["table"].replace(".", "."))
+    assert sorted(by_table) == ["public.orders", "public.other"]
+    assert sorted(by_table["public.orders"] + by_table["public.other"]) == seqs
+    assert by_table["public.other"] == [seqs[i] for i in range(0, 30, 3)]
+
+
 def write_config(tmp_path, destinations: str) -> str:
     path = tmp_path / "agent.toml"
     path.write_text(f'data_dir = "{tmp_path / "data"}"\n{destinations}')
