@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tests.benchmarks import measure, pg_section
+from tests.benchmarks import measure, pg_section, sender_section
 from tests.benchmarks.report import Row, console_table, markdown_section, write_section
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks", description=__doc__)
     parser.add_argument("--dir", default=DEFAULT_OUT_DIR, help="where to write (a real disk, not tmpfs)")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
-    parser.add_argument("--only", choices=("wal", "pg"), help="run one section (default: both)")
+    parser.add_argument("--only", choices=("wal", "pg", "sender"), help="run one section (default: all)")
     args = parser.parse_args(argv)
 
     workdir = os.path.join(args.dir, f"run-{os.getpid()}")
@@ -59,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     # Each section: its rows and notes, how to render them, and how to write them into the doc.
     sections = []
     try:
-        if args.only != "pg":
+        if args.only in (None, "wal"):
             sections.append((*_run(workdir), markdown_section, write_section))
-        if args.only != "wal":
+        if args.only in (None, "pg"):
             sections.append((*pg_section.run(workdir), pg_section.markdown_section, pg_section.write))
+        if args.only in (None, "sender"):
+            sections.append(
+                (*sender_section.run(workdir), sender_section.markdown_section, sender_section.write)
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     machine = f"{os.cpu_count()} cores ({_cpu_model()}), {_memory()}, disk: {disk}"
