@@ -150,7 +150,9 @@ class Sender:
                 try:
                     self._commit(force=True)  # what was confirmed before the stop
                 except Exception as exc:  # the destination went away: the next start redoes it
-                    log.warning("sender.final_commit.failed", extra={"destination": self.name, "error": str(exc)})
+                    log.warning(
+                        "sender.final_commit.failed", extra={"destination": self.name, "error": str(exc)}
+                    )
             self.stats.state = "stopped" if self.stats.state != "failed" else "failed"
             if self._tail is not None:
                 self._tail.close()
