@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,32 @@ def _since_ms(text: str | None) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return int(moment.timestamp() * 1000)
+
+
+class _Progress:
+    """A one-line progress bar on standard error (a terminal only)."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        rate = self.done / max(time.monotonic() - self.started, 1e-6)
+        if self.total:
+            share = min(self.done / self.total, 1.0)
+            filled = int(share * self.WIDTH)
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            line = f"[{bar}] {share:4.0%}  {self.done:,}/{self.total:,} records  {rate:,.0f}/s"
+        else:
+            line = f"{self.done:,} records  {rate:,.0f}/s"
+        typer.echo(f"\r{line}", nl=False, err=True)
+
+    def finish(self) -> None:
+        typer.echo("", err=True)
 
 
 def replay_command(

@@ -161,3 +161,15 @@ def test_dlq_list_show_replay_and_purge(tmp_path):
     bad = runner.invoke(app, ["dlq", "purge", "--older-than", "soon", "--data-dir", str(data)])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     assert threading.active_count() >= 1 and time.time() > 0
+
+
+def test_replay_progress_bar_shows_share_and_count(capsys):
+    from cli.replay import _Progress
+
+    progress = _Progress(400)
+    progress.advance(100)
+    progress.advance(300)
+    progress.finish()
+    err = capsys.readouterr().err
+    assert "[#######-----------------------]  25%  100/400 records" in err
+    assert "100%  400/400 records" in err
