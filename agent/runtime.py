@@ -22,7 +22,7 @@ from agent.config import AgentConfig
 from agent.destinations import build_destination
 from agent.dlq import DeadLetters
 from agent.errors import AgentFailed
-from agent.sender import Sender
+from agent.sender import Sender, cursor_name
 from agent.sources.postgres.lsn import parse_lsn
 from agent.sources.postgres.source import PostgresSource
 from agent.state import StateStore
@@ -153,8 +153,13 @@ def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:
     try:
         log.info(
             "agent.started",
-            extra={"data_dir": os.fspath(config.data_dir), "sources": [s.config.name for s in agent.sources]},
+            extra={
+                "data_dir": os.fspath(config.data_dir),
+                "sources": [s.config.name for s in agent.sources],
+                "destinations": [sender.name for sender in agent.senders],
+            },
         )
+        _warn_about_orphan_cursors(agent)
         agent.start()
         agent.wait()
     finally:
@@ -168,6 +173,22 @@ def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:
         name, error = next(iter(agent.errors.items()))
         part = name if name.startswith("destination ") else f"source {name}"
         raise AgentFailed(f"{part}: {error}")
+
+
+def _warn_about_orphan_cursors(agent: Agent) -> None:
+    """A destination removed from the configuration leaves its cursor, which holds back archiving."""
+    configured = {cursor_name(sender.name) for sender in agent.senders}
+    for name, position in agent.log.cursors().items():
+        if name.startswith("dest.") and name not in configured:
+            log.warning(
+                "agent.cursor.orphaned",
+                extra={
+                    "cursor": name,
+                    "position": position,
+                    "reason": "no configured destination uses this cursor; segments after it are not "
+                    "archived until it is removed (delete its file under cursors/ with the agent stopped)",
+                },
+            )
 
 
 def _install_signal_handlers(agent: Agent) -> dict[int, object]:

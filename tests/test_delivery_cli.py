@@ -173,3 +173,24 @@ def test_replay_progress_bar_shows_share_and_count(capsys):
     err = capsys.readouterr().err
     assert "[#######-----------------------]  25%  100/400 records" in err
     assert "100%  400/400 records" in err
+
+
+def test_a_removed_destinations_cursor_is_reported_at_start(tmp_path, caplog):
+    import logging
+
+    from agent.config import load_config
+    from agent.runtime import _warn_about_orphan_cursors, build_agent
+
+    with wal.open(str(tmp_path / "data")) as log:
+        log.append(encode_change(change(1)))
+        log.cursor("dest.old").commit(1)
+        log.cursor("dest.files").commit(1)
+    config = load_config(write_config(tmp_path, '[[destinations]]\nname = "files"\ntype = "file"\npath = "out"\n'))
+    agent = build_agent(config)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agent.runtime"):
+            _warn_about_orphan_cursors(agent)
+    finally:
+        agent.close()
+    orphaned = [r for r in caplog.records if r.getMessage() == "agent.cursor.orphaned"]
+    assert [r.cursor for r in orphaned] == ["dest.old"]
