@@ -185,7 +185,9 @@ def test_a_removed_destinations_cursor_is_reported_at_start(tmp_path, caplog):
         log.append(encode_change(change(1)))
         log.cursor("dest.old").commit(1)
         log.cursor("dest.files").commit(1)
-    config = load_config(write_config(tmp_path, '[[destinations]]\nname = "files"\ntype = "file"\npath = "out"\n'))
+    config = load_config(
+        write_config(tmp_path, '[[destinations]]\nname = "files"\ntype = "file"\npath = "out"\n')
+    )
     agent = build_agent(config)
     try:
         with caplog.at_level(logging.WARNING, logger="agent.runtime"):

@@ -235,11 +235,19 @@ def test_read_times_out_with_none_and_without_spinning(pg_dsn: str) -> None:
         while repl.read(timeout_s=0.3) is not None:
             pass  # the keepalives a new stream starts with
         assert repl.read(timeout_s=0) is None
-        wall, cpu = time.monotonic(), time.process_time()
-        assert repl.read(timeout_s=0.5) is None
-        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-    assert 0.45 <= wall < 1.5
-    assert cpu < 0.1  # it slept on the socket, it did not poll in a loop
+        # WAL written by other databases on the shared server makes the walsender send an
+        # occasional keepalive; a quiet window is one in which nothing at all arrived.
+        for _attempt in range(20):
+            wall, cpu = time.monotonic(), time.process_time()
+            message = repl.read(timeout_s=0.5)
+            wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+            if message is None:
+                break
+            assert isinstance(message, Keepalive), message
+        else:
+            raise AssertionError("no quiet half second in 20 tries: something keeps writing")
+    assert wall >= 0.45  # it waited out the timeout
+    assert cpu < 0.25  # it slept on the socket, it did not poll in a loop (that would burn ~0.5 s)
 
 
 def test_buffered_messages_are_read_without_waiting_on_the_socket(pg_dsn: str) -> None:
