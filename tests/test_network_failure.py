@@ -80,7 +80,9 @@ def test_destination_unreachable_for_30s_then_everything_drains(pg_dsn, tmp_path
             wait_until_caught_up(pg_dsn)
             changes = logged_changes(str(data_dir))
             keys = [idempotency_key(change, seq) for seq, change in changes]
-            wait_for(lambda: {r["idempotency_key"] for r in receiver.records} >= set(keys), 120, "the backlog")
+            wait_for(
+                lambda: {r["idempotency_key"] for r in receiver.records} >= set(keys), 120, "the backlog"
+            )
             assert len(agent.find_events("Successfully sent records")) > successes_before
             code, _ = agent.stop()
             assert code == 0, agent.output()
