@@ -13,6 +13,7 @@ PostgreSQL nor DuckDB lets one INSERT ... ON CONFLICT touch a row twice.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -240,7 +241,7 @@ def new_stats() -> dict[str, int]:
     )
 
 
-class SqlApplier:
+class SqlApplier(ABC):
     """The apply logic over a SQL connection; a subclass supplies the dialect and the connection.
 
     Subclass hooks: `_execute`, `_begin`/`_commit`/`_rollback`, `_target_columns`, `_map_type`,
@@ -269,20 +270,25 @@ class SqlApplier:
 
     # -- hooks ----------------------------------------------------------------------------------
 
+    @abstractmethod
     def _execute(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Each database dialect defines this."""
 
+    @abstractmethod
     def _target_columns(self, schema: str, table: str) -> dict[str, str] | None:
-        raise NotImplementedError
+        """Each database dialect defines this."""
 
+    @abstractmethod
     def _map_type(self, source_type: str) -> str:
-        raise NotImplementedError
+        """Each database dialect defines this."""
 
+    @abstractmethod
     def _bytes_expr(self, expr: str) -> str:
-        raise NotImplementedError
+        """Each database dialect defines this."""
 
+    @abstractmethod
     def _array_text(self, value: list[Any], element_type: str) -> str:
-        raise NotImplementedError
+        """Each database dialect defines this."""
 
     def _raw_ddl(self, change: Change, schema: str, table: str) -> bool:
         return False
@@ -358,8 +364,9 @@ class SqlApplier:
         self._save_position(max(delivery.seq for delivery in todo))
         self.stats["batches"] += 1
 
+    @abstractmethod
     def _rows_from(self) -> str:
-        raise NotImplementedError
+        """Each database dialect defines this."""
 
     def _value_expr(self, index: int, target_type: str) -> str:
         if base_type(target_type) in BYTES_TYPES:
