@@ -61,6 +61,7 @@ from .errors import ConfigError
 __all__ = [
     "AgentConfig",
     "DdlConfig",
+    "HttpIngestSourceConfig",
     "DestinationConfig",
     "PostgresSourceConfig",
     "ReconnectConfig",
@@ -195,9 +196,23 @@ class PostgresSourceConfig(_Options):
         return value
 
 
-# A new source type joins the union here (`PostgresSourceConfig | HttpIngestSourceConfig`); each
-# member needs a `type: Literal[...]` field.
-SourceConfig = Annotated[PostgresSourceConfig, Field(discriminator="type")]
+class HttpIngestSourceConfig(_Options):
+    """`[[sources]]` with `type = "http_ingest"`: local applications POST records to the agent."""
+
+    name: SourceName
+    type: Literal["http_ingest"]
+    listen: NonEmpty = "127.0.0.1:8181"  # host:port; loopback by default
+    table: str = ""  # the `table` of records that are plain JSON objects rather than change records
+    max_body_bytes: Size = Field(1024 * 1024, ge=1)
+    max_records_per_request: int = Field(10_000, ge=1)
+    rate_limit_per_client: float | None = Field(None, gt=0)  # requests per second per client address
+    rate_burst: int = Field(100, ge=1)
+    decisions_kept: int = Field(1000, ge=0)  # recent rejections listed at /ingest/decisions
+    token_env: str | None = None  # bearer token required on /ingest, read once at start-up
+
+
+# A new source type joins the union here; each member needs a `type: Literal[...]` field.
+SourceConfig = Annotated[PostgresSourceConfig | HttpIngestSourceConfig, Field(discriminator="type")]
 
 
 def _source_models() -> dict[str, type[BaseModel]]:

@@ -119,7 +119,11 @@ def build_agent(config: AgentConfig, *, start_lsn: str | None = None) -> Agent:
         log_.close()
         raise
     explicit = None if start_lsn is None else parse_lsn(start_lsn)
-    sources = [PostgresSource(source, log_, state, start_lsn=explicit) for source in config.sources]
+    sources = [
+        PostgresSource(source, log_, state, start_lsn=explicit)
+        for source in config.sources
+        if source.type == "postgres"
+    ]
     postgres = {source.name: source for source in config.sources if source.type == "postgres"}
     backfill = BackfillWorker(postgres, log_, state) if postgres else None
     dead_letters = DeadLetters(data_dir)

@@ -272,7 +272,7 @@ ERRORS = [
     (
         SOURCE.replace('"postgres"', '"mysql"'),
         {},
-        'config.toml: sources[0].type: unknown source type "mysql" (expected "postgres")',
+        'config.toml: sources[0].type: unknown source type "mysql" (expected "postgres", "http_ingest")',
     ),
     (
         SOURCE + 'publication_tables = ["public.orders", "a.b.c"]\n',
