@@ -245,8 +245,15 @@ class AgentConfig(BaseSettings):
     log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
     log_format: Annotated[Literal["auto", "console", "json"], BeforeValidator(_lower)] = "auto"
     wal: WalConfig = Field(default_factory=WalConfig)
+    admin_listen: str | None = "127.0.0.1:8180"  # the admin API (health, metrics, status); None: off
+    admin_token_env: str | None = None  # a variable holding the bearer token the admin API requires
     sources: list[SourceConfig] = Field(default_factory=list)
     destinations: list[DestinationConfig] = Field(default_factory=list)
+
+    @field_validator("admin_listen", mode="before")
+    @classmethod
+    def _admin_off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("data_dir", mode="before")
     @classmethod

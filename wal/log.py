@@ -69,12 +69,14 @@ class Log(LogWriter, LogArchiver):
         *,
         fs: FileSystem | None = None,
         on_durable: Callable[[int], None] | None = None,
+        on_sync: Callable[[float], None] | None = None,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.root = os.path.abspath(path)
         self.options = options or LogOptions()
         self._fs = fs or OS_FS
         self._on_durable = on_durable
+        self._on_sync = on_sync  # each fsync's (or synced write's) duration in seconds, for metrics
         self._clock_ms = clock_ms
         self._fs.makedirs(self.root)
         self._lock_handle = self._fs.lock(os.path.join(self.root, LOCK_FILE))
@@ -352,7 +354,12 @@ def open_log(
     *,
     fs: FileSystem | None = None,
     on_durable: Callable[[int], None] | None = None,
+    on_sync: Callable[[float], None] | None = None,
     **options: object,
 ) -> Log:
-    """Open (creating when missing) the log at `path` for writing; see LogOptions for options."""
-    return Log(path, LogOptions(**options), fs=fs, on_durable=on_durable)  # type: ignore[arg-type]
+    """Open (creating when missing) the log at `path` for writing; see LogOptions for options.
+
+    `on_durable(seq)` is called after each publish of the durable watermark, `on_sync(seconds)`
+    after each fsync with its duration; both run on the writing thread and must be quick.
+    """
+    return Log(path, LogOptions(**options), fs=fs, on_durable=on_durable, on_sync=on_sync)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ class LogWriter:
     options: LogOptions
     _fs: FileSystem
     _on_durable: Callable[[int], None] | None
+    _on_sync: Callable[[float], None] | None
     _lock: LockType
     _wake: threading.Condition
     _space: threading.Condition
@@ -103,8 +104,7 @@ class LogWriter:
         with memoryview(buffer) as view:
             self._write(view[:used], last_seq - count + 1, count, synced)
         if synced:
-            self._sync_seconds += time.perf_counter() - started
-            self._syncs += 1
+            self._count_sync(time.perf_counter() - started)
         self._appends += count
         self._bytes_written += used
         self._pending.give_back(buffer)
@@ -249,8 +249,13 @@ class LogWriter:
         self._io_step, self._io_path = "fsync", self._active.path
         started = time.perf_counter()
         self._active.sync()
-        self._sync_seconds += time.perf_counter() - started
+        self._count_sync(time.perf_counter() - started)
+
+    def _count_sync(self, seconds: float) -> None:
+        self._sync_seconds += seconds
         self._syncs += 1
+        if self._on_sync is not None:
+            self._on_sync(seconds)
 
     def _publish(self, durable_seq: int, batches: list[Batch]) -> None:
         """Make records up to `durable_seq` visible to readers and release their appenders."""
