@@ -61,8 +61,8 @@ from .errors import ConfigError
 __all__ = [
     "AgentConfig",
     "DdlConfig",
-    "HttpIngestSourceConfig",
     "DestinationConfig",
+    "HttpIngestSourceConfig",
     "PostgresSourceConfig",
     "ReconnectConfig",
     "SourceConfig",

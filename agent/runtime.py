@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 import wal
+from agent import telemetry
+from agent.admin import AdminServer
 from agent.backfill import BackfillWorker
 from agent.config import AgentConfig
 from agent.destinations import build_destination
 from agent.dlq import DeadLetters
-from agent.errors import AgentFailed
+from agent.errors import AgentFailed, ConfigError
 from agent.sender import Sender, cursor_name
 from agent.sources.postgres.lsn import parse_lsn
 from agent.sources.postgres.source import PostgresSource
@@ -112,7 +114,7 @@ def build_agent(config: AgentConfig, *, start_lsn: str | None = None) -> Agent:
     """Open the log and the state store under data_dir and create the configured sources."""
     data_dir = os.fspath(config.data_dir)
     os.makedirs(data_dir, exist_ok=True)
-    log_ = wal.open(data_dir, **config.wal.log_options())
+    log_ = wal.open(data_dir, on_sync=telemetry.record_sync, **config.wal.log_options())
     try:
         state = StateStore(data_dir)
     except BaseException:
@@ -154,6 +156,8 @@ def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:
     # (a full collection over it cost 25-90 ms of capture latency in the benchmark).
     gc.freeze()
     previous = _install_signal_handlers(agent)
+    admin: AdminServer | None = None
+    tel: telemetry.Telemetry | None = None
     try:
         log.info(
             "agent.started",
@@ -164,10 +168,18 @@ def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:
             },
         )
         _warn_about_orphan_cursors(agent)
+        tel = telemetry.install_telemetry(agent)
+        if config.admin_listen is not None:
+            admin = AdminServer(agent, tel, listen=config.admin_listen, token=_admin_token(config))
+            admin.start()
         agent.start()
         agent.wait()
     finally:
         _restore_signal_handlers(previous)
+        if admin is not None:
+            admin.stop()
+        if tel is not None:
+            tel.close()
         agent.close()
     # Keys: a source's name, or "destination <name>" for a sender that failed.
     for name, error in agent.errors.items():
@@ -177,6 +189,18 @@ def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:
         name, error = next(iter(agent.errors.items()))
         part = name if name.startswith("destination ") else f"source {name}"
         raise AgentFailed(f"{part}: {error}")
+
+
+def _admin_token(config: AgentConfig) -> str | None:
+    """The admin API's bearer token; a named variable that is not set is a configuration error."""
+    if config.admin_token_env is None:
+        return None
+    token = os.environ.get(config.admin_token_env)
+    if not token:
+        raise ConfigError(
+            f"environment variable {config.admin_token_env} is not set", option="admin_token_env"
+        )
+    return token
 
 
 def _warn_about_orphan_cursors(agent: Agent) -> None:

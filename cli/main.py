@@ -25,6 +25,7 @@ from . import dlq as dlq_commands
 from . import flow as flow_commands
 from . import replay as replay_commands
 from . import run as run_commands
+from . import status as status_commands
 from . import stream as stream_commands
 from . import wal as wal_commands
 
@@ -96,6 +97,7 @@ app = typer.Typer(
 wal_commands.app.command("replay")(replay_commands.replay_command)
 app.add_typer(wal_commands.app, name="wal")
 app.command("run")(run_commands.run_command)
+app.command("status")(status_commands.status_command)
 app.add_typer(run_commands.source_app, name="source")
 app.command("backfill")(backfill_commands.backfill_command)
 app.add_typer(ddl_commands.app, name="ddl")

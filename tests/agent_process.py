@@ -52,8 +52,9 @@ def postgres_source(dsn: str, **overrides: Any) -> dict[str, Any]:
 
 
 def write_config(path: Path, data_dir: Path | str, *sources: dict[str, Any], **top: Any) -> Path:
-    """Write a TOML config with `data_dir`, `wal.min_free_bytes = 0`, the sources and `top` options."""
+    """Write a TOML config with `data_dir`, `wal.min_free_bytes = 0`, no admin API, the sources and `top`."""
     top.setdefault("wal", {"min_free_bytes": 0})
+    top.setdefault("admin_listen", "")  # off unless a test asks: agents in tests must not fight over a port
     document = {"data_dir": os.fspath(data_dir), **top, "sources": list(sources)}
     path.write_text(_toml(document))
     return path
