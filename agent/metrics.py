@@ -34,6 +34,11 @@ class _Instruments:
         self.source_changes_total = meter.create_counter(
             "source.changes.total", unit="1", description="Changes a source wrote into the log"
         )
+        self.ingest_rejections_total = meter.create_counter(
+            "ingest.rejections.total",
+            unit="1",
+            description="Requests the http_ingest source refused, by code",
+        )
         self._provider = provider
 
     def ddl_gated(self, source: str) -> None:
@@ -43,6 +48,10 @@ class _Instruments:
     def source_changes(self, source: str, count: int) -> None:
         self._ensure()
         self.source_changes_total.add(count, {"source": source})
+
+    def ingest_rejected(self, source: str, code: str) -> None:
+        self._ensure()
+        self.ingest_rejections_total.add(1, {"source": source, "code": code})
 
 
 INSTRUMENTS = _Instruments()

@@ -25,6 +25,7 @@ from agent.destinations import build_destination
 from agent.dlq import DeadLetters
 from agent.errors import AgentFailed, ConfigError
 from agent.sender import Sender, cursor_name
+from agent.sources.ingest import HttpIngestSource
 from agent.sources.postgres.lsn import parse_lsn
 from agent.sources.postgres.source import PostgresSource
 from agent.state import StateStore
@@ -45,6 +46,7 @@ class Agent:
     state: StateStore
     sources: list[PostgresSource]
     senders: list[Sender] = field(default_factory=list)
+    ingest: list[HttpIngestSource] = field(default_factory=list)
     dead_letters: DeadLetters | None = None
     threads: list[threading.Thread] = field(default_factory=list)
     sender_threads: list[threading.Thread] = field(default_factory=list)
@@ -54,6 +56,8 @@ class Agent:
     backfill: BackfillWorker | None = None
 
     def start(self) -> None:
+        for ingest in self.ingest:  # binds first: a port in use stops the start-up with one line
+            ingest.start()
         if self.backfill is not None:
             self.backfill.start()
         for sender in self.senders:
@@ -87,9 +91,12 @@ class Agent:
 
     def wait(self) -> None:
         """Block until stop() (or a failed source), then stop every source and join them."""
+        watched = self.threads + self.sender_threads
         while not self.stop_event.wait(_POLL_S):
-            if not any(thread.is_alive() for thread in self.threads + self.sender_threads):
+            if watched and not self.ingest and not any(thread.is_alive() for thread in watched):
                 break
+        for ingest in self.ingest:  # stop taking records before anything else stops
+            ingest.stop()
         if self.backfill is not None:
             self.backfill.stop()
         for source in self.sources:
@@ -146,7 +153,14 @@ def build_agent(config: AgentConfig, *, start_lsn: str | None = None) -> Agent:
         state.close()
         log_.close()
         raise
-    return Agent(config, log_, state, sources, senders, dead_letters, backfill=backfill)
+    try:
+        ingest = [HttpIngestSource(source, log_) for source in config.sources if source.type == "http_ingest"]
+    except BaseException:
+        dead_letters.close()
+        state.close()
+        log_.close()
+        raise
+    return Agent(config, log_, state, sources, senders, ingest, dead_letters, backfill=backfill)
 
 
 def run_agent(config: AgentConfig, *, start_lsn: str | None = None) -> None:

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks", description=__doc__)
     parser.add_argument("--dir", default=DEFAULT_OUT_DIR, help="where to write (a real disk, not tmpfs)")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
-    parser.add_argument("--only", choices=("wal", "pg", "sender"), help="run one section (default: all)")
+    parser.add_argument(
+        "--only", choices=("wal", "pg", "sender", "ingest"), help="run one section (default: all)"
+    )
     args = parser.parse_args(argv)
 
     workdir = os.path.join(args.dir, f"run-{os.getpid()}")
