@@ -3,7 +3,7 @@ PostgreSQL capture against pg_recvlogical (pg_section.py); print, record.
 
 Everything runs in one process, in one directory on the repository's disk (bench-out/, ignored by
 git; never tmpfs, where fdatasync costs nothing), and is removed afterwards. About two minutes per
-section; `--only wal` or `--only pg` runs one.
+section; `--only wal`, `--only pg`, `--only sender` or `--only ingest` runs one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tests.benchmarks import measure, pg_section, sender_section
+from tests.benchmarks import ingest_section, measure, pg_section, sender_section
 from tests.benchmarks.report import Row, console_table, markdown_section, write_section
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "sender"):
             sections.append(
                 (*sender_section.run(workdir), sender_section.markdown_section, sender_section.write)
+            )
+        if args.only in (None, "ingest"):
+            sections.append(
+                (*ingest_section.run(workdir), ingest_section.markdown_section, ingest_section.write)
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
