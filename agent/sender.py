@@ -158,6 +158,11 @@ class Sender:
                 self._tail.close()
             self.destination.close()
 
+    @property
+    def processed_through(self) -> int:
+        """The last sequence handed to the destination (or skipped, or dead-lettered)."""
+        return self._processed_through
+
     def stop(self) -> None:
         self.stop_event.set()
         if self._tail is not None:

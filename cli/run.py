@@ -32,8 +32,15 @@ def run_command(
             help="Stream from this LSN (X/Y) instead of the slot's confirmed position; the slot must still hold it.",
         ),
     ] = None,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="Stop by itself once the sources caught up with where PostgreSQL was at start and every destination has it.",
+        ),
+    ] = False,
 ) -> int:
-    """Run the agent in the foreground until SIGINT or SIGTERM."""
+    """Run the agent in the foreground until SIGINT or SIGTERM (or, with --once, until caught up)."""
     settings = load_config(config)
     if start_lsn is not None:
         try:
@@ -41,7 +48,7 @@ def run_command(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--start-lsn") from None
     configure_logging(settings.log_level, settings.log_format)
-    run_agent(settings, start_lsn=start_lsn)  # raises AgentFailed when a source stopped the agent
+    run_agent(settings, start_lsn=start_lsn, once=once)  # raises AgentFailed when a source stopped the agent
     return 0
 
 
