@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint fuzz bench clean
+.PHONY: install test lint fuzz bench clean demo
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml Makefile
 
 test: install
 	$(BIN)/pytest -q
+
+# The agent end to end: a throwaway PostgreSQL, a workload, a file and an HTTP destination, a
+# receiver outage, and a summary (examples/demo.py). `make demo DEMO_ARGS=--keep` keeps its files.
+demo: install
+	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
 lint: install
 	$(BIN)/ruff check wal agent cli tests fuzz
