@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint fuzz bench clean demo
+.PHONY: install test lint fuzz bench clean demo chaos
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml Makefile
 
 test: install
 	$(BIN)/pytest -q
+
+# The whole-system fault matrix against the real agent (a short version runs in `make test`);
+# results go into docs/reliability.md. Needs root for the disk-full scenario's tmpfs.
+chaos: install
+	$(BIN)/python -m tests.chaos
 
 # The agent end to end: a throwaway PostgreSQL, a workload, a file and an HTTP destination, a
 # receiver outage, and a summary (examples/demo.py). `make demo DEMO_ARGS=--keep` keeps its files.

@@ -40,25 +40,41 @@ def cursor_position(data_dir, destination: str) -> int:
 class ItemWorkload:
     """One thread: inserts, updates, key changes and deletes on public.items."""
 
-    def __init__(self, dsn: str, seed: int) -> None:
+    def __init__(self, dsn: str, seed: int, start_id: int = 1) -> None:
         self.dsn = dsn
         self.rng = random.Random(seed)
         self.stop_event = threading.Event()
+        self.paused = threading.Event()  # pause(): the loop idles (a server restart is coming)
+        self.idle = threading.Event()
         self.failures: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.next_id = 1
+        self.next_id = start_id
         self.live: list[int] = []
 
     def start(self) -> ItemWorkload:
         self.thread.start()
         return self
 
+    def pause(self) -> None:
+        """Stop between statements (none in flight) until resume()."""
+        self.idle.clear()
+        self.paused.set()
+        self.idle.wait(10)
+
+    def resume(self) -> None:
+        self.paused.clear()
+
     def _run(self) -> None:
         try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                while not self.stop_event.is_set():
-                    self._one(conn)
-                    time.sleep(0.002)
+            while not self.stop_event.is_set():
+                # A fresh connection after each pause: the server may have restarted meanwhile.
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    while not self.stop_event.is_set() and not self.paused.is_set():
+                        self._one(conn)
+                        time.sleep(0.002)
+                while self.paused.is_set() and not self.stop_event.is_set():
+                    self.idle.set()
+                    time.sleep(0.02)
         except Exception as exc:  # reported by the test
             self.failures.append(repr(exc))
 
