@@ -215,7 +215,9 @@ def corrupted_sealed_segment(rig: Rig) -> Result:
     rig.workload.stop()
     wait_until_caught_up(rig.source_dsn, rig.slot)
     keys = {idempotency_key(c, seq) for seq, c in logged_changes(str(rig.data_dir))}
-    wait_for(lambda: {r["idempotency_key"] for r in rig.receiver.records} >= keys, DRAIN_TIMEOUT_S, "delivery")
+    wait_for(
+        lambda: {r["idempotency_key"] for r in rig.receiver.records} >= keys, DRAIN_TIMEOUT_S, "delivery"
+    )
     assert rig.agent is not None
     code, _ = rig.agent.stop()
     assert code == 0
