@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import json
 import socket
+import threading
 import time
+from typing import ClassVar
 
 import httpx
 
@@ -79,3 +83,55 @@ def test_admin_api_and_status_of_a_running_agent(tmp_path, monkeypatch):
     offline = run_cli("status", "--config", str(config))
     assert offline.returncode == 0, offline.stderr
     assert "not running" in offline.stdout and "hook" in offline.stdout
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    bodies: ClassVar[list[tuple[str, bytes]]] = []
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        _Collector.bodies.append((self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_metrics_are_exported_over_otlp_when_an_endpoint_is_set(tmp_path, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "300")  # ms
+    data_dir = tmp_path / "data"
+    with wal.open(str(data_dir)) as log:
+        log.append(
+            encode_change(Change(table="public.t", op="insert", source="app", key={"id": 1}, after={"id": 1}))
+        )
+    config = write_config(
+        tmp_path / "agent.toml",
+        data_dir,
+        destinations=[{"name": "files", "type": "file", "path": str(tmp_path / "out")}],
+    )
+    agent = AgentProcess(config)
+    try:
+        agent.wait_for_event("agent.started")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(
+                path == "/v1/metrics" and b"sender.records.sent.total" in body
+                for path, body in _Collector.bodies
+            ):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no OTLP export with the sender's metrics arrived:\n{agent.output()}")
+        assert any(b"wal.appends.total" in body for _, body in _Collector.bodies)
+        code, _ = agent.stop()
+        assert code == 0, agent.output()
+    finally:
+        agent.kill()
+        server.shutdown()
