@@ -278,7 +278,7 @@ def _warn_about_orphan_cursors(agent: Agent) -> None:
                     "cursor": name,
                     "position": position,
                     "reason": "no configured destination uses this cursor; segments after it are not "
-                    "archived until it is removed (delete its file under cursors/ with the agent stopped)",
+                    "archived until it is removed (with the agent stopped: wallaby-agent wal drop-cursor NAME)",
                 },
             )
 

@@ -362,6 +362,30 @@ def archive_command(data_dir: DataDir = None) -> None:
     typer.echo(f"{len(archived)} segment(s) archived")
 
 
+@app.command("drop-cursor")
+def drop_cursor_command(
+    name: Annotated[
+        str, typer.Argument(help="The cursor's name, e.g. dest.webhook (see `wallaby-agent status`).")
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Remove a cursor no destination uses any more, so archiving can go past it.
+
+    A destination taken out of the configuration leaves its cursor behind, holding back the
+    archiving of every later segment. This opens the log, so it refuses while the agent runs.
+    """
+    root = _data_dir(data_dir)
+    if not is_log_dir(OS_FS, root):
+        raise NotALog(f"{root}: not a log directory (no wal/ or archive/ folder)")
+    with wal.open(root, auto_archive=False, min_free_bytes=0) as log:
+        positions = log.cursors()
+        if name not in positions:
+            known = ", ".join(sorted(positions)) or "none"
+            raise typer.BadParameter(f"no cursor named {name!r} (cursors: {known})", param_hint="NAME")
+        log.drop_cursor(name)
+    typer.echo(f"dropped cursor {name} (it was at {positions[name]})")
+
+
 @app.command("cleanup")
 def cleanup_command(
     older_than: Annotated[

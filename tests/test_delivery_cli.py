@@ -196,3 +196,22 @@ def test_a_removed_destinations_cursor_is_reported_at_start(tmp_path, caplog):
         agent.close()
     orphaned = [r for r in caplog.records if r.getMessage() == "agent.cursor.orphaned"]
     assert [r.cursor for r in orphaned] == ["dest.old"]
+
+
+def test_wal_drop_cursor_removes_a_removed_destinations_cursor(tmp_path):
+    data = tmp_path / "data"
+    with wal.open(str(data)) as log:
+        log.append(encode_change(change(1)))
+        log.cursor("dest.old").commit(1)
+    dropped = runner.invoke(app, ["wal", "drop-cursor", "dest.old", "--data-dir", str(data)])
+    assert dropped.exit_code == 0 and "dropped cursor dest.old (it was at 1)" in dropped.output, (
+        dropped.output
+    )
+    with wal.open(str(data)) as log:
+        assert "dest.old" not in log.cursors()
+    missing = runner.invoke(app, ["wal", "drop-cursor", "dest.old", "--data-dir", str(data)])
+    assert missing.exit_code == 2 and "no cursor named 'dest.old'" in missing.output
+    assert "Traceback" not in missing.output
+    with wal.open(str(data)):  # the agent runs: the command refuses with one line
+        busy = runner.invoke(app, ["wal", "drop-cursor", "dest.old", "--data-dir", str(data)])
+    assert busy.exit_code != 0 and "Traceback" not in busy.output
