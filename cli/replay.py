@@ -17,6 +17,7 @@ from agent.destinations import build_destination
 from agent.dlq import DeadLetters
 from agent.replay import ReplayTarget, records_from_files, replay
 from agent.state import StateStore
+from wal.status import read_status
 
 
 def _since_ms(text: str | None) -> int | None:
@@ -109,19 +110,22 @@ def replay_command(
     dead_letters = DeadLetters(data_dir)
     try:
         targets = [ReplayTarget(build_destination(d, state), d.retry, frozenset(d.tables)) for d in chosen]
-        done = [0]
-        tty = sys.stderr.isatty()
-
-        def progress(count: int) -> None:
-            done[0] += count
-            if tty:
-                typer.echo(f"\rreplayed {done[0]:,} records", nl=False, err=True)
-
+        total = None
+        if not paths:
+            status = read_status(data_dir)
+            if status.last_seq is not None:
+                total = max(0, status.last_seq - max(from_seq, status.first_seq or 1) + 1)
+        bar = _Progress(total) if sys.stderr.isatty() else None
         summary = replay(
-            records, targets, dead_letters, since_ms=since_ms, dry_run=dry_run, progress=progress
+            records,
+            targets,
+            dead_letters,
+            since_ms=since_ms,
+            dry_run=dry_run,
+            progress=bar.advance if bar is not None else None,
         )
-        if tty:
-            typer.echo("", err=True)
+        if bar is not None:
+            bar.finish()
     finally:
         dead_letters.close()
         state.close()
