@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 import time
@@ -19,18 +18,16 @@ from agent.replay import ReplayTarget, records_from_files, replay
 from agent.state import StateStore
 from wal.status import read_status
 
+from .times import parse_utc_time
+
 
 def _since_ms(text: str | None) -> int | None:
     if text is None:
         return None
     try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is not an ISO 8601 time such as 2026-11-23T10:00:00Z", param_hint="--since"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
+        moment = parse_utc_time(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
     return int(moment.timestamp() * 1000)
 
 

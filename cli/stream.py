@@ -22,6 +22,8 @@ from agent import pgstream
 from agent.config import load_config
 from agent.errors import ConfigError, first_line
 
+from .times import parse_utc_time
+
 EXIT_OK = 0
 EXIT_UNKNOWN_IDS = 1
 EXIT_USAGE = 2
@@ -206,10 +208,9 @@ def _parse_ids(text: str) -> list[int]:
 
 def _parse_time(text: str) -> datetime.datetime:
     try:
-        when = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise _Usage(f"--since: {text!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+        return parse_utc_time(text)
+    except ValueError as exc:
+        raise _Usage(f"--since: {exc}") from None
 
 
 def _entry_dict(entry: pgstream.Entry) -> dict[str, Any]:
