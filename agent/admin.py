@@ -92,16 +92,7 @@ def health(agent: Agent) -> tuple[bool, dict[str, Any]]:
 
 
 def dead_letter_summary(letter: Any) -> dict[str, Any]:
-    return {
-        "id": letter.id,
-        "destination": letter.destination,
-        "seq": letter.seq,
-        "idempotency_key": letter.idempotency_key,
-        "error": letter.error,
-        "attempts": letter.attempts,
-        "failed_at": _when(letter.failed_at),
-        "replayed_at": _when(letter.replayed_at),
-    }
+    return letter.summary(_when)
 
 
 def record_report(agent: Agent, seq: int) -> dict[str, Any] | None:

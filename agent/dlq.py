@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -55,6 +55,19 @@ class DeadLetter:
     attempts: int
     failed_at: float
     replayed_at: float | None
+
+    def summary(self, when: Callable[[float | None], object]) -> dict[str, object]:
+        """Everything but the payload, with the two times rendered by `when`."""
+        return {
+            "id": self.id,
+            "destination": self.destination,
+            "seq": self.seq,
+            "idempotency_key": self.idempotency_key,
+            "error": self.error,
+            "attempts": self.attempts,
+            "failed_at": when(self.failed_at),
+            "replayed_at": when(self.replayed_at) if self.replayed_at else None,
+        }
 
 
 class DeadLetters:

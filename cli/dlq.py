@@ -152,13 +152,4 @@ def purge_command(
 
 
 def _summary(letter: DeadLetter) -> dict[str, object]:
-    return {
-        "id": letter.id,
-        "destination": letter.destination,
-        "seq": letter.seq,
-        "idempotency_key": letter.idempotency_key,
-        "error": letter.error,
-        "attempts": letter.attempts,
-        "failed_at": _when(letter.failed_at),
-        "replayed_at": _when(letter.replayed_at) if letter.replayed_at else None,
-    }
+    return letter.summary(_when)
