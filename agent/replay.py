@@ -24,10 +24,10 @@ from wal.segment import iter_segment
 
 from .config_destinations import RetryConfig
 from .delivery import Delivery
-from .destinations.base import Destination, DestinationError, PermanentError
+from .destinations.base import Destination
 from .dlq import DeadLetters
 from .retry import RetryPolicy
-from .sender import decode_records
+from .sender import decode_records, deliver_splitting
 
 __all__ = ["ReplaySummary", "ReplayTarget", "records_from_files", "replay"]
 
@@ -143,36 +143,13 @@ def _deliver(
     summary: ReplaySummary,
 ) -> None:
     name = destination.name
-    try:
-        policy.call(lambda: destination.write(deliveries))
-    except PermanentError as exc:
-        if len(deliveries) > 1:
-            middle = len(deliveries) // 2
-            _deliver(destination, policy, deliveries[:middle], payloads, dead_letters, summary)
-            _deliver(destination, policy, deliveries[middle:], payloads, dead_letters, summary)
-            return
-        _dead_letter(name, deliveries, payloads, dead_letters, summary, exc, 1)
-        return
-    except DestinationError as exc:
-        _dead_letter(
-            name, deliveries, payloads, dead_letters, summary, exc, (policy.config.max_retries or 0) + 1
-        )
-        return
-    summary.sent[name] += len(deliveries)
 
-
-def _dead_letter(
-    name: str,
-    deliveries: list[Delivery],
-    payloads: dict[int, bytes],
-    dead_letters: DeadLetters | None,
-    summary: ReplaySummary,
-    error: BaseException,
-    attempts: int,
-) -> None:
-    for delivery in deliveries:
+    def refused(delivery: Delivery, error: BaseException, attempts: int) -> None:
         if dead_letters is not None:
             dead_letters.add(
                 name, delivery.seq, delivery.idempotency_key, payloads[delivery.seq], str(error), attempts
             )
         summary.dead_lettered[name] += 1
+
+    runs = deliver_splitting(destination, policy, deliveries, refused)
+    summary.sent[name] += sum(len(run) for run in runs)

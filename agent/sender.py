@@ -32,7 +32,7 @@ from .destinations.base import Destination, DestinationError, PermanentError, Tr
 from .dlq import DeadLetters
 from .retry import RetryPolicy, Stopped
 
-__all__ = ["Sender", "SenderStats", "cursor_name", "decode_records"]
+__all__ = ["Sender", "SenderStats", "cursor_name", "decode_records", "deliver_splitting"]
 
 log = logging.getLogger("agent.sender")
 
@@ -90,6 +90,36 @@ def decode_records(
             )
         )
     return deliveries
+
+
+def deliver_splitting(
+    destination: Destination,
+    retry: RetryPolicy,
+    deliveries: list[Delivery],
+    refused: Callable[[Delivery, BaseException, int], None],
+) -> list[list[Delivery]]:
+    """Write `deliveries` with retries and return the runs the destination confirmed.
+
+    A permanent refusal of several records is split in halves until it is narrowed down to the
+    offending record(s); those, and a batch whose retries ran out (on_retry_exhaustion), go to
+    `refused(delivery, error, attempts)`. The sender and `wal replay` both deliver this way.
+    """
+    try:
+        retry.call(lambda: destination.write(deliveries))
+    except PermanentError as exc:
+        if len(deliveries) == 1:
+            refused(deliveries[0], exc, 1)
+            return []
+        middle = len(deliveries) // 2
+        return deliver_splitting(destination, retry, deliveries[:middle], refused) + deliver_splitting(
+            destination, retry, deliveries[middle:], refused
+        )
+    except DestinationError as exc:  # retries exhausted under on_retry_exhaustion
+        attempts = (retry.config.max_retries or 0) + 1
+        for delivery in deliveries:
+            refused(delivery, exc, attempts)
+        return []
+    return [deliveries]
 
 
 class Sender:
@@ -219,29 +249,19 @@ class Sender:
 
     def _deliver(self, deliveries: list[Delivery], payloads: dict[int, bytes]) -> None:
         """Deliver with retries; on a permanent refusal, split to find and dead-letter the culprits."""
-        try:
-            _, attempts = self._retry.call(lambda: self.destination.write(deliveries))
-        except PermanentError as exc:
-            if len(deliveries) == 1:
-                self._dead_letter(deliveries[0], payloads, exc, attempts=1)
-                return
-            middle = len(deliveries) // 2
-            self._deliver(deliveries[:middle], payloads)
-            self._deliver(deliveries[middle:], payloads)
-            return
-        except DestinationError as exc:  # retries exhausted under on_retry_exhaustion
-            attempts = (self._retry.config.max_retries or 0) + 1
-            for delivery in deliveries:
-                self._dead_letter(delivery, payloads, exc, attempts=attempts)
-            return
-        self.stats.delivered += len(deliveries)
-        self.stats.batches += 1
-        self.stats.last_success_at = time.time()
-        self.stats.state = "running"
-        log.info(
-            "Successfully sent records",
-            extra={"destination": self.name, "count": len(deliveries), "last_seq": deliveries[-1].seq},
-        )
+
+        def refused(delivery: Delivery, error: BaseException, attempts: int) -> None:
+            self._dead_letter(delivery, payloads, error, attempts=attempts)
+
+        for run in deliver_splitting(self.destination, self._retry, deliveries, refused):
+            self.stats.delivered += len(run)
+            self.stats.batches += 1
+            self.stats.last_success_at = time.time()
+            self.stats.state = "running"
+            log.info(
+                "Successfully sent records",
+                extra={"destination": self.name, "count": len(run), "last_seq": run[-1].seq},
+            )
 
     def _commit(self, force: bool = False) -> None:
         """Move the cursor past what the destination has confirmed (and what it skipped).
