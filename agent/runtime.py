@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -54,6 +55,9 @@ class Agent:
     sender_threads: list[threading.Thread] = field(default_factory=list)
     errors: dict[str, BaseException] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # Set by the SIGINT/SIGTERM handler, which must take no lock: Event.set() there could
+    # deadlock against the main thread sitting in Event.wait() on the same event.
+    signalled: int | None = None
 
     backfill: BackfillWorker | None = None
 
@@ -91,10 +95,18 @@ class Agent:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def stopping(self) -> bool:
+        """Whether stop() was called, a part failed, or a signal arrived (lock-free: Event.is_set)."""
+        if self.signalled is not None and not self.stop_event.is_set():
+            log.info("agent.stopping", extra={"signal": signal.Signals(self.signalled).name})
+            self.stop_event.set()  # here, in the main thread's loop, not in the signal handler
+        return self.stop_event.is_set()
+
     def wait(self) -> None:
         """Block until stop() (or a failed source), then stop every source and join them."""
         watched = self.threads + self.sender_threads
-        while not self.stop_event.wait(_POLL_S):
+        while not self.stopping():
+            time.sleep(_POLL_S)
             if watched and not self.ingest and not any(thread.is_alive() for thread in watched):
                 break
         for ingest in self.ingest:  # stop taking records before anything else stops
@@ -237,7 +249,8 @@ def current_wal_lsn(source: PostgresSourceConfig) -> int:
 def _run_once(agent: Agent, targets: dict[str, int]) -> None:
     """Wait until the sources have caught up and the senders were handed everything, then stop."""
     sources_done = False
-    while not agent.stop_event.wait(_POLL_S):
+    while not agent.stopping():
+        time.sleep(_POLL_S)
         if not sources_done:
             if all(source.status.flushed_lsn >= targets[source.config.name] for source in agent.sources):
                 sources_done = True
@@ -285,8 +298,7 @@ def _warn_about_orphan_cursors(agent: Agent) -> None:
 
 def _install_signal_handlers(agent: Agent) -> dict[int, object]:
     def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("agent.stopping", extra={"signal": signal.Signals(signum).name})
-        agent.stop()
+        agent.signalled = signum  # no locks here (see Agent.signalled); the main loop acts on it
 
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
