@@ -205,6 +205,25 @@ def test_a_stopped_server_is_retryable_and_the_next_batch_reconnects(pg_private_
     assert dest.position() == 2 and rows(dsn, "SELECT count(*) FROM public.orders") == [(2,)]
 
 
+def test_a_confirmed_batch_survives_a_crash_of_a_target_with_asynchronous_commit(pg_private_server):
+    """The suite's servers run synchronous_commit=off; a confirmed batch must still outlive a crash.
+
+    The sender moves its cursor once write() returns, so write() may return only once the target
+    has the batch on its disk: with asynchronous commit a crash right after would lose it for good.
+    """
+    dsn = pg_private_server.create_database("target")
+    assert query(dsn, "SHOW synchronous_commit") == [("off",)]
+    for batch in range(1, 4):
+        dest = destination(dsn)
+        dest.write(deliveries([change("insert", {"id": batch}, {"id": batch})], batch))
+        pg_private_server.kill()  # at once, before the WAL writer's next round
+        pg_private_server.start()
+        with pytest.raises(RetryableError):
+            dest.write(deliveries([change("insert", {"id": 99}, {"id": 99})], 99))
+        assert destination(dsn).position() == batch
+        assert rows(dsn, "SELECT max(id) FROM public.orders") == [(batch,)]
+
+
 def test_tables_are_created_from_the_stored_schema_with_type_mappings(target_dsn, tmp_path):
     state = StateStore(tmp_path / "state")
     columns = [

@@ -21,6 +21,7 @@ from ..delivery import Delivery
 from ..errors import first_line
 from ..pgstream import SCHEMA
 from .base import DestinationError, PermanentError
+from .pg_connect import connect_target
 from .postgres import classify_error
 
 __all__ = ["TRIM_INTERVAL_S", "PgStreamDestination"]
@@ -143,12 +144,7 @@ class PgStreamDestination:
             if conn is not None:
                 conn.close()
             self._conn = None
-            conn = psycopg.connect(
-                self.config.dsn,
-                autocommit=False,
-                connect_timeout=10,
-                application_name=f"wallaby-agent:{self.name}",
-            )
+            conn = connect_target(self.config.dsn, self.name, autocommit=False)
             try:
                 with conn.transaction():
                     pgstream.ensure_schema(conn)

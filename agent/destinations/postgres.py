@@ -21,6 +21,7 @@ from ..delivery import Delivery
 from ..errors import first_line
 from ..state import StateStore
 from .base import DestinationError, PermanentError, RetryableError
+from .pg_connect import connect_target
 from .sql_apply import SqlApplier, pg_array_text, quote, split_table
 
 __all__ = ["PostgresDestination", "classify_error"]
@@ -116,12 +117,8 @@ class PostgresDestination(SqlApplier):
             if conn is not None:
                 conn.close()
             self._conn = None
-            conn = psycopg.connect(
-                self.config.dsn,
-                autocommit=True,  # transactions are explicit: conn.transaction() per batch
-                connect_timeout=10,
-                application_name=f"wallaby-agent:{self.name}",
-            )
+            # Transactions are explicit: conn.transaction() per batch.
+            conn = connect_target(self.config.dsn, self.name, autocommit=True)
             self._conn = conn
             self._columns.clear()
             self._known_types.clear()
