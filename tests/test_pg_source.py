@@ -236,6 +236,26 @@ def test_ddl_gate_pauses_the_flow_until_approved(pg_dsn, tmp_path, metric_reader
     assert [c.op for c in changes_of(config.data_dir)] == ["ddl", "insert"]
 
 
+def test_the_agents_own_ddl_is_not_captured(pg_dsn, tmp_path):
+    """Reinstalling the trigger and adding a table to the publication, at every start, are DDL too."""
+    execute(pg_dsn, ORDERS, "CREATE TABLE more (id int PRIMARY KEY)")
+    data_dir = str(tmp_path / "data")
+    for run, tables in enumerate((["public.orders"], ["public.orders", "public.more"]), 1):
+        source = source_config(pg_dsn, publication_tables=tables, capture_ddl=True)
+        with running_agent(agent_config(data_dir, source)) as agent:
+            wait_for(lambda: agent.sources[0].status.state == "streaming", what="streaming")
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute("SET synchronous_commit = on")  # decoded at once: nothing before it is missed
+                conn.execute("INSERT INTO orders (id) VALUES (%s)", (run,))
+            wait_for(lambda run=run: len(changes_of(data_dir, "insert")) == run, what="the marker insert")
+    assert [c.op for c in changes_of(data_dir)] == ["insert", "insert"]
+    execute(pg_dsn, "ALTER TABLE more ADD COLUMN note text")  # an application's DDL still is
+    source = source_config(pg_dsn, publication_tables=["public.orders", "public.more"], capture_ddl=True)
+    with running_agent(agent_config(data_dir, source)) as agent:
+        wait_for(lambda: changes_of(data_dir, "ddl"), what="the application's DDL")
+    assert [c.op for c in changes_of(data_dir)] == ["insert", "insert", "ddl"]
+
+
 @pytest.mark.parametrize("mode", ["none", "source", "full"])
 def test_unchanged_toast_values_are_marked_or_fetched(pg_dsn, tmp_path, mode):
     execute(pg_dsn, "CREATE TABLE docs (id int PRIMARY KEY, body text, n int)")

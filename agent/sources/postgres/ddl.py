@@ -13,6 +13,8 @@ from .errors import ReplicationSetupError
 
 TRIGGER_NAME = "wallaby_capture_ddl"
 FUNCTION_NAME = "wallaby_capture_ddl"
+# A session that sets this to 'off' runs DDL the trigger does not capture.
+QUIET_SETTING = "wallaby.ddl_capture"
 
 _FUNCTION = f"""
 CREATE OR REPLACE FUNCTION public.{FUNCTION_NAME}() RETURNS event_trigger
@@ -22,6 +24,10 @@ DECLARE
     target text := '';
     kind text := '';
 BEGIN
+    -- The agent's own statements (the trigger's installation, publication upkeep) are not captured.
+    IF current_setting('{QUIET_SETTING}', true) = 'off' THEN
+        RETURN;
+    END IF;
     FOR command IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
         IF command.object_type = 'table' AND target = '' THEN
             target := command.object_identity;
@@ -44,8 +50,17 @@ $fn$
 """
 
 
+def quiet_ddl(conn: psycopg.Connection) -> None:
+    """Keep this session's own DDL out of the capture (for the agent's setup connection)."""
+    conn.execute(f"SET {QUIET_SETTING} = 'off'")
+
+
 def install_ddl_capture(conn: psycopg.Connection) -> bool:
-    """Install (or refresh) the trigger; True when it had to be created. Needs a superuser."""
+    """Install (or refresh) the trigger; True when it had to be created. Needs a superuser.
+
+    The refresh is itself DDL: it runs quietly, or every reconnect would log an op=ddl change.
+    """
+    quiet_ddl(conn)
     (is_super,) = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
     if not is_super:
         raise ReplicationSetupError("capture_ddl = true needs a superuser to install an event trigger")

@@ -26,7 +26,7 @@ from agent.state import SourcePosition, StateStore
 
 from .catalog import primary_key, record_relation_schema
 from .changes import ChangeDecoder, skip_prefix
-from .ddl import install_ddl_capture
+from .ddl import install_ddl_capture, quiet_ddl
 from .errors import ReplicationError, ReplicationSetupError, SlotLost, SourceError
 from .lsn import format_lsn, parse_lsn
 from .pgoutput import (
@@ -197,6 +197,7 @@ class PostgresSource:
             config.dsn, autocommit=True, connect_timeout=int(config.connect_timeout)
         ) as conn:
             validate_replication(conn, slot=config.slot)
+            quiet_ddl(conn)  # publication upkeep below is the agent's own DDL, not the application's
             if config.capture_ddl and install_ddl_capture(conn):
                 log.info("source.ddl_capture.installed", extra={"source": config.name})
             if config.ensure_publication:
