@@ -1,14 +1,20 @@
-"""The change record every source produces, and its compact, versioned payload encoding.
+"""The change record every source produces, and its versioned payload encoding.
 
 A change travels through the log as the payload of one record. The payload is two prefix bytes,
 `0xC1` (a byte that never occurs in UTF-8 text, so no JSON or text payload can pass for a change)
-and a version number, followed by the change as a JSON array of its fields in a fixed order. The
-byte layout is specified in docs/format.md, section "Change records".
+and a version number, followed by the change as JSON. The byte layout is specified in
+docs/format.md, section "Change records".
 
-orjson writes and reads that array in about a microsecond for a typical row, several times faster
-than the standard library's json module, and a positional array spends no bytes on field names.
-Values inside `key`, `before` and `after` must already be JSON-native (str, int, float, bool,
-None, lists and dicts of them); `agent.sources.postgres.types` produces exactly those.
+Version 2, which every writer makes now, is the JSON object a destination receives (the
+envelope of docs/formats.md) without its `seq`: every field by name and, when the source knows it,
+the `idempotency_key`. A sender turns it into a wire record by appending `seq`, without decoding
+and encoding it again. Version 1 (a positional JSON array, smaller but not envelope-shaped) is
+still read.
+
+orjson writes and reads the JSON in about a microsecond for a typical row, several times faster
+than the standard library's json module. Values inside `key`, `before` and `after` must already
+be JSON-native (str, int, float, bool, None, lists and dicts of them);
+`agent.sources.postgres.types` produces exactly those.
 
 Floats that are NaN or infinite have no JSON form (orjson would write them as null). The encoder
 does not look for them, which would cost a walk over every value: the type converters never make
@@ -22,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from .idempotency import row_key
+
 __all__ = [
     "CHANGE_MAGIC",
     "CHANGE_VERSION",
@@ -32,13 +40,34 @@ __all__ = [
     "encode_change",
     "encode_row_change",
     "is_change_payload",
+    "stored_idempotency_key",
 ]
 
 OPS = ("insert", "update", "delete", "truncate", "snapshot", "ddl", "message")
 
 CHANGE_MAGIC = 0xC1  # never valid in UTF-8, so never the first byte of a text or JSON payload
-CHANGE_VERSION = 1
-_PREFIX_V1 = bytes((CHANGE_MAGIC, 1))
+CHANGE_VERSION = 2
+_PREFIX_V2 = bytes((CHANGE_MAGIC, 2))
+# Version 2 field names, in the order a writer puts them (the envelope's order, docs/formats.md).
+_V2_FIELDS = (
+    "table",
+    "op",
+    "source",
+    "key",
+    "before",
+    "after",
+    "lsn",
+    "commit_lsn",
+    "xid",
+    "commit_ts",
+    "unchanged",
+    "txn_index",
+    "message",
+    "idempotency_key",
+)
+# A version 2 payload ends with its key: `"idempotency_key":"<32 hex digits>"}` or `...:null}`.
+_KEY_TAIL = b'"idempotency_key":"'
+_KEY_TAIL_AT = -(len(_KEY_TAIL) + 32 + 2)
 
 _OP_CODES = {op: code for code, op in enumerate(OPS)}
 
@@ -131,34 +160,35 @@ def is_change_payload(payload: bytes) -> bool:
 
 
 def encode_change(change: Change) -> bytes:
-    """The payload bytes of a change: prefix 0xC1 0x01, then the version 1 JSON array."""
+    """The payload bytes of a change: prefix 0xC1 0x02, then the version 2 JSON object."""
+    if change.op not in _OP_CODES:
+        raise ChangeFormatError(f"unknown op {change.op!r}; expected one of {', '.join(OPS)}")
+    key = change.key
+    lsn = change.lsn
     try:
-        op_code = _OP_CODES[change.op]
-    except KeyError:
-        raise ChangeFormatError(f"unknown op {change.op!r}; expected one of {', '.join(OPS)}") from None
-    fields = [
-        op_code,
-        change.table,
-        change.source,
-        change.lsn,
-        change.commit_lsn,
-        change.xid,
-        change.commit_ts,
-        change.txn_index,
-        change.key,
-        change.after,
-        change.before,
-        change.unchanged,
-        change.message,
-    ]
-    count = len(fields)
-    while count > _V1_REQUIRED and fields[count - 1] == _V1_DEFAULTS[count - 1]:
-        count -= 1
-    if count < len(fields):
-        del fields[count:]
-    try:
-        return _PREFIX_V1 + orjson.dumps(fields)
-    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        return _PREFIX_V2 + orjson.dumps(
+            {
+                "table": change.table,
+                "op": change.op,
+                "source": change.source,
+                "key": key,
+                "before": change.before,
+                "after": change.after,
+                "lsn": lsn,
+                "commit_lsn": change.commit_lsn,
+                "xid": change.xid,
+                "commit_ts": change.commit_ts,
+                "unchanged": change.unchanged,
+                "txn_index": change.txn_index,
+                "message": change.message,
+                "idempotency_key": (
+                    row_key(change.source, change.table, key, lsn)
+                    if key is not None and lsn is not None
+                    else None
+                ),
+            }
+        )
+    except (TypeError, AttributeError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise ChangeFormatError(f"change of {change.table!r} is not JSON-encodable: {exc}") from None
 
 
@@ -177,18 +207,43 @@ def encode_row_change(
     """`encode_change` of a row change that has an `after` row and no before, unchanged or message.
 
     The same bytes, without building the Change first: a capture source's per-row path, where
-    the Change would be made only to be encoded. With `after` present nothing before it is left
-    out, and everything after it is at its default, so the array ends with `after`.
+    the Change would be made only to be encoded.
     """
+    if op not in _OP_CODES:
+        raise ChangeFormatError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
     try:
-        op_code = _OP_CODES[op]
-    except KeyError:
-        raise ChangeFormatError(f"unknown op {op!r}; expected one of {', '.join(OPS)}") from None
-    fields = [op_code, table, source, lsn, commit_lsn, xid, commit_ts, txn_index, key, after]
-    try:
-        return _PREFIX_V1 + orjson.dumps(fields)
-    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        return _PREFIX_V2 + orjson.dumps(
+            {
+                "table": table,
+                "op": op,
+                "source": source,
+                "key": key,
+                "before": None,
+                "after": after,
+                "lsn": lsn,
+                "commit_lsn": commit_lsn,
+                "xid": xid,
+                "commit_ts": commit_ts,
+                "unchanged": [],
+                "txn_index": txn_index,
+                "message": None,
+                "idempotency_key": (
+                    row_key(source, table, key, lsn) if key is not None and lsn is not None else None
+                ),
+            }
+        )
+    except (TypeError, AttributeError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise ChangeFormatError(f"change of {table!r} is not JSON-encodable: {exc}") from None
+
+
+def stored_idempotency_key(payload: bytes) -> str | None:
+    """The idempotency key a version 2 payload carries at its end, without decoding the rest.
+
+    None for any other payload, and for a change whose key depends on its log sequence.
+    """
+    if payload[_KEY_TAIL_AT : _KEY_TAIL_AT + len(_KEY_TAIL)] == _KEY_TAIL and payload[-2:] == b'"}':
+        return payload[-34:-2].decode("ascii", "replace")
+    return None
 
 
 def decode_change(payload: bytes) -> Change:
@@ -196,9 +251,43 @@ def decode_change(payload: bytes) -> Change:
     if len(payload) < 2 or payload[0] != CHANGE_MAGIC:
         raise ChangeFormatError("not a change record: the payload does not start with 0xC1")
     version = payload[1]
+    if version == 2:
+        return _decode_v2(payload[2:])
     if version == 1:
         return _decode_v1(payload[2:])
-    raise ChangeFormatError(f"unsupported change record version {version} (this code reads version 1)")
+    raise ChangeFormatError(f"unsupported change record version {version} (this code reads versions 1 and 2)")
+
+
+def _decode_v2(body: bytes) -> Change:
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ChangeFormatError(f"change record version 2 holds invalid JSON: {exc}") from None
+    if type(fields) is not dict:
+        raise ChangeFormatError("change record version 2 must be a JSON object")
+    try:
+        change = Change(
+            fields["table"],
+            fields["op"],
+            fields["source"],
+            fields["key"],
+            fields["before"],
+            fields["after"],
+            fields["lsn"],
+            fields["commit_lsn"],
+            fields["xid"],
+            fields["commit_ts"],
+            fields["unchanged"],
+            fields["txn_index"],
+            fields["message"],
+        )
+    except KeyError as exc:
+        raise ChangeFormatError(f"change record version 2 lacks the field {exc.args[0]!r}") from None
+    if len(fields) != len(_V2_FIELDS):
+        unknown = sorted(set(fields) - set(_V2_FIELDS))
+        raise ChangeFormatError(f"change record version 2 has unknown field(s): {', '.join(unknown)}")
+    _check(change)
+    return change
 
 
 def _decode_v1(body: bytes) -> Change:

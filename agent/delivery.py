@@ -3,60 +3,140 @@
 Every destination and every wire format sees the same envelope: every field of the change
 record (`Change.to_dict()`), plus `seq` (its sequence number in the log) and `idempotency_key`.
 The key is stable across retries, restarts and replays, so a receiver can drop what it has
-already applied:
+already applied (`agent.idempotency` says how it is made; docs/formats.md documents it).
 
-- a change with a key and a position: a digest of (source, table, key, lsn);
-- anything else (a truncate, DDL, a message, a snapshot row, which has no lsn): a digest of the
-  source and the log sequence.
-
-docs/formats.md documents the envelope and the key.
+A delivery read from the log keeps its payload and decodes it only when asked: a JSON
+destination sends a version 2 payload as it is (`envelope_json`), so on that path no change is
+ever decoded. The sender checks a payload's shape up front (`Delivery.from_record`); a payload
+that passes the check but still cannot be decoded makes the `change` attribute raise a
+PermanentError, so the sender narrows the batch down to it and dead-letters it like any record
+a destination refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from .change import Change, ChangeFormatError, decode_change, stored_idempotency_key
+from .idempotency import row_key, sequence_key
 
-from .change import Change
+__all__ = [
+    "Delivery",
+    "batch_idempotency_key",
+    "envelope",
+    "envelope_json",
+    "idempotency_key",
+    "is_envelope_payload",
+]
 
-__all__ = ["Delivery", "batch_idempotency_key", "envelope", "idempotency_key"]
-
-_KEY_DIGEST_BYTES = 16  # 128 bits: collisions are out of reach for any realistic volume
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One log record, decoded, as a destination receives it."""
-
-    seq: int
-    change: Change
-    idempotency_key: str
-    timestamp_ms: int = 0  # when the record was appended to the log
-    size: int = 0  # the payload's size in the log, for batching by bytes
+_KEY_DIGEST_BYTES = 16
+# The start and end every version 2 payload has (agent.change writes the fields in this order).
+_V2_START = b'\xc1\x02{"table":'
+_V2_END = b"}"
+_KEY_FIELD = b'"idempotency_key":"'  # 19 bytes, then 32 hex digits and `"}` end the payload
 
 
 def idempotency_key(change: Change, seq: int) -> str:
-    """The stable deduplication key of a change stored at `seq` (see the module docstring)."""
+    """The stable deduplication key of a change stored at `seq` (see agent.idempotency)."""
     if change.key is not None and change.lsn is not None:
-        # Sorted keys: the same key columns give the same digest whatever their order.
-        key = orjson.dumps(change.key, option=orjson.OPT_SORT_KEYS)
-        material = b"\x00".join(
-            (b"k", change.source.encode(), change.table.encode(), key, change.lsn.encode())
-        )
-    else:
-        material = b"\x00".join((b"s", change.source.encode(), str(seq).encode()))
-    return hashlib.blake2b(material, digest_size=_KEY_DIGEST_BYTES).hexdigest()
+        return row_key(change.source, change.table, change.key, change.lsn)
+    return sequence_key(change.source, seq)
+
+
+def is_envelope_payload(payload: bytes) -> bool:
+    """Whether a payload looks like a version 2 change record (checked at both ends, not parsed)."""
+    return payload[:11] == _V2_START and payload[-1:] == _V2_END
+
+
+class Delivery:
+    """One log record as a destination receives it; decoded on first use of `change`."""
+
+    __slots__ = ("_change", "_key", "payload", "seq", "size", "timestamp_ms")
+
+    def __init__(
+        self,
+        seq: int,
+        change: Change | None = None,
+        idempotency_key: str | None = None,
+        timestamp_ms: int = 0,
+        size: int = 0,
+        payload: bytes | None = None,
+    ) -> None:
+        if change is None and payload is None:
+            raise ValueError("a Delivery needs a change or a payload")
+        self.seq = seq
+        self._change = change
+        self._key = idempotency_key
+        self.timestamp_ms = timestamp_ms  # when the record was appended to the log
+        self.size = size  # the payload's size in the log, for batching by bytes
+        self.payload = payload  # the log payload, when the delivery was read from the log
+
+    @classmethod
+    def from_record(cls, seq: int, timestamp_ms: int, payload: bytes) -> Delivery:
+        """A delivery of a log record; ChangeFormatError when the payload is not a change.
+
+        A version 2 payload is only checked at its ends here (decoding it is what this path
+        saves); any other payload is decoded at once.
+        """
+        if payload.startswith(_V2_START) and payload.endswith(_V2_END):
+            return cls(seq, None, None, timestamp_ms, len(payload), payload)
+        return cls(seq, decode_change(payload), None, timestamp_ms, len(payload), payload)
+
+    @property
+    def change(self) -> Change:
+        change = self._change
+        if change is None:
+            assert self.payload is not None
+            try:
+                change = self._change = decode_change(self.payload)
+            except ChangeFormatError as exc:
+                from .destinations.base import PermanentError  # base imports this module
+
+                raise PermanentError(f"record {self.seq} is not a valid change record: {exc}") from None
+        return change
+
+    @property
+    def table(self) -> str:
+        """The change's table; read from a version 2 payload's start without decoding it."""
+        change = self._change
+        if change is None and self.payload is not None:
+            end = self.payload.find(b'","op":', 12)
+            if end > 0:
+                name = self.payload[12:end]
+                if b"\\" not in name:  # no JSON escapes: the bytes are the name
+                    return name.decode("utf-8", "surrogateescape")
+        return self.change.table
+
+    @property
+    def idempotency_key(self) -> str:
+        key = self._key
+        if key is None:
+            key = stored_idempotency_key(self.payload) if self.payload is not None else None
+            if key is None:
+                key = idempotency_key(self.change, self.seq)
+            self._key = key
+        return key
+
+    def stored_key_bytes(self) -> bytes | None:
+        """The idempotency key as the payload stores it (ASCII bytes), when it does: no decoding."""
+        payload = self.payload
+        if payload is not None and payload[-53:-34] == _KEY_FIELD and payload.startswith(b"\xc1\x02"):
+            return payload[-34:-2]
+        return None
+
+    def __repr__(self) -> str:
+        return f"Delivery(seq={self.seq}, idempotency_key={self.idempotency_key!r})"
 
 
 def batch_idempotency_key(deliveries: Iterable[Delivery]) -> str:
     """One key for a whole batch (the HTTP `Idempotency-Key` header): a digest of its records' keys."""
     digest = hashlib.blake2b(digest_size=_KEY_DIGEST_BYTES)
+    update = digest.update
     for delivery in deliveries:
-        digest.update(delivery.idempotency_key.encode())
+        stored = delivery.stored_key_bytes()
+        update(stored if stored is not None else delivery.idempotency_key.encode())
     return digest.hexdigest()
 
 
@@ -66,3 +146,14 @@ def envelope(delivery: Delivery) -> dict[str, Any]:
     record["seq"] = delivery.seq
     record["idempotency_key"] = delivery.idempotency_key
     return record
+
+
+def envelope_json(delivery: Delivery, dumps: Any) -> bytes:
+    """The envelope as JSON bytes; a version 2 payload that carries its key is used as it is.
+
+    `dumps` encodes the envelope dict otherwise (the caller's orjson wrapper, so errors are its).
+    Field order differs between the two (`seq` comes last here); JSON objects have none.
+    """
+    if delivery.stored_key_bytes() is not None:
+        return b'%b,"seq":%d}' % (delivery.payload[2:-1], delivery.seq)  # type: ignore[index]
+    return dumps(envelope(delivery))

@@ -27,7 +27,7 @@ from .delivery import Delivery
 from .destinations.base import Destination
 from .dlq import DeadLetters
 from .retry import RetryPolicy
-from .sender import decode_records, deliver_splitting
+from .sender import decode_records, deliver_splitting, key_or_placeholder, wanted_by
 
 __all__ = ["ReplaySummary", "ReplayTarget", "records_from_files", "replay"]
 
@@ -122,23 +122,21 @@ def _send(
     summary.last_seq = batch[-1].seq
     deliveries = decode_records(batch)
     summary.skipped += len(batch) - len(deliveries)
-    payloads = {record.seq: record.payload for record in batch}
     for target, policy in zip(targets, policies, strict=True):
-        chosen = [d for d in deliveries if not target.tables or d.change.table in target.tables]
+        chosen = [d for d in deliveries if wanted_by(target.tables, d)]
         if not chosen:
             continue
         name = target.destination.name
         if dry_run:
             summary.sent[name] += len(chosen)
             continue
-        _deliver(target.destination, policy, chosen, payloads, dead_letters, summary)
+        _deliver(target.destination, policy, chosen, dead_letters, summary)
 
 
 def _deliver(
     destination: Destination,
     policy: RetryPolicy,
     deliveries: list[Delivery],
-    payloads: dict[int, bytes],
     dead_letters: DeadLetters | None,
     summary: ReplaySummary,
 ) -> None:
@@ -146,8 +144,9 @@ def _deliver(
 
     def refused(delivery: Delivery, error: BaseException, attempts: int) -> None:
         if dead_letters is not None:
+            assert delivery.payload is not None  # read from the log
             dead_letters.add(
-                name, delivery.seq, delivery.idempotency_key, payloads[delivery.seq], str(error), attempts
+                name, delivery.seq, key_or_placeholder(delivery), delivery.payload, str(error), attempts
             )
         summary.dead_lettered[name] += 1
 

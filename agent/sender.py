@@ -19,20 +19,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import wal
 from wal.reader import Record
 
-from .change import ChangeFormatError, decode_change
+from .change import ChangeFormatError
 from .config_destinations import BatchConfig, RetryConfig
-from .delivery import Delivery, idempotency_key
+from .delivery import Delivery
 from .destinations.base import Destination, DestinationError, PermanentError, TransactionalDestination
 from .dlq import DeadLetters
 from .retry import RetryPolicy, Stopped
 
-__all__ = ["Sender", "SenderStats", "cursor_name", "decode_records", "deliver_splitting"]
+__all__ = [
+    "Sender",
+    "SenderStats",
+    "cursor_name",
+    "decode_records",
+    "deliver_splitting",
+    "key_or_placeholder",
+    "wanted_by",
+]
 
 log = logging.getLogger("agent.sender")
 
@@ -64,32 +72,42 @@ class SenderStats:
 @dataclass
 class _Batch:
     records: list[Record] = field(default_factory=list)
-    deliveries: list[Delivery] = field(default_factory=list)
-    payloads: dict[int, bytes] = field(default_factory=dict)
 
 
 def decode_records(
     records: Sequence[Record], on_bad: Callable[[Record, str], None] | None = None
 ) -> list[Delivery]:
-    """Decode log records into deliveries; a payload that is not a change goes to `on_bad`."""
+    """Deliveries of log records (decoded lazily); a payload that is not a change goes to `on_bad`."""
     deliveries = []
+    from_record = Delivery.from_record
     for record in records:
         try:
-            change = decode_change(record.payload)
+            deliveries.append(from_record(record.seq, record.timestamp_ms, record.payload))
         except ChangeFormatError as exc:
             if on_bad is not None:
                 on_bad(record, f"not a change record: {exc}")
-            continue
-        deliveries.append(
-            Delivery(
-                record.seq,
-                change,
-                idempotency_key(change, record.seq),
-                record.timestamp_ms,
-                len(record.payload),
-            )
-        )
     return deliveries
+
+
+def wanted_by(tables: Collection[str], delivery: Delivery) -> bool:
+    """Whether a destination limited to `tables` (empty: all) takes the delivery.
+
+    An undecodable record is taken: the destination refuses it, so it is dead-lettered.
+    """
+    if not tables:
+        return True
+    try:
+        return delivery.table in tables
+    except PermanentError:
+        return True
+
+
+def key_or_placeholder(delivery: Delivery) -> str:
+    """The delivery's idempotency key, or `seq-N` when its payload cannot be decoded to make one."""
+    try:
+        return delivery.idempotency_key
+    except PermanentError:
+        return f"seq-{delivery.seq}"
 
 
 def deliver_splitting(
@@ -232,26 +250,26 @@ class Sender:
 
     def _deliver_batch(self, batch: _Batch) -> None:
         records = batch.records
-        wanted = [r for r in records if r.seq > self._written_through]  # a transactional resume
-        payloads = {record.seq: record.payload for record in wanted}
-        deliveries = decode_records(wanted, self._dead_letter_record)
+        if records[0].seq <= self._written_through:  # a transactional resume
+            records = [r for r in records if r.seq > self._written_through]
+        deliveries = decode_records(records, self._dead_letter_record)
         if self.tables:
-            taken = [d for d in deliveries if d.change.table in self.tables]
+            taken = [d for d in deliveries if wanted_by(self.tables, d)]
             self.stats.skipped += len(deliveries) - len(taken)
             deliveries = taken
         if deliveries:
-            self._deliver(deliveries, payloads)
+            self._deliver(deliveries)
             self._written_through = deliveries[-1].seq
-        self._processed_through = records[-1].seq
+        self._processed_through = batch.records[-1].seq
         # Caught up with the log: commit now; under a backlog, at most every interval.
         assert self._tail is not None
         self._commit(force=self._tail.next_seq > self.log.durable_seq)
 
-    def _deliver(self, deliveries: list[Delivery], payloads: dict[int, bytes]) -> None:
+    def _deliver(self, deliveries: list[Delivery]) -> None:
         """Deliver with retries; on a permanent refusal, split to find and dead-letter the culprits."""
 
         def refused(delivery: Delivery, error: BaseException, attempts: int) -> None:
-            self._dead_letter(delivery, payloads, error, attempts=attempts)
+            self._dead_letter(delivery, error, attempts=attempts)
 
         for run in deliver_splitting(self.destination, self._retry, deliveries, refused):
             self.stats.delivered += len(run)
@@ -291,11 +309,10 @@ class Sender:
         self.stats.last_error = str(error)
         self.stats.last_error_at = time.time()
 
-    def _dead_letter(
-        self, delivery: Delivery, payloads: dict[int, bytes], error: BaseException, *, attempts: int
-    ) -> None:
+    def _dead_letter(self, delivery: Delivery, error: BaseException, *, attempts: int) -> None:
+        assert delivery.payload is not None  # read from the log
         letter = self.dead_letters.add(
-            self.name, delivery.seq, delivery.idempotency_key, payloads[delivery.seq], str(error), attempts
+            self.name, delivery.seq, key_or_placeholder(delivery), delivery.payload, str(error), attempts
         )
         self.stats.dead_lettered += 1
         self.stats.last_error = str(error)

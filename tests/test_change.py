@@ -17,28 +17,33 @@ from agent.change import (
     ChangeFormatError,
     decode_change,
     encode_change,
+    encode_row_change,
     is_change_payload,
+    stored_idempotency_key,
 )
+from agent.delivery import idempotency_key
 
 FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
 
-# The version 1 prefix and field order as docs/format.md spells them, typed in independently.
-DOCUMENTED_PREFIX = b"\xc1\x01"
+# The prefixes and field orders as docs/format.md spells them, typed in independently.
+DOCUMENTED_PREFIX = b"\xc1\x02"
 DOCUMENTED_FIELDS = (
-    "op",
     "table",
+    "op",
     "source",
+    "key",
+    "before",
+    "after",
     "lsn",
     "commit_lsn",
     "xid",
     "commit_ts",
-    "txn_index",
-    "key",
-    "after",
-    "before",
     "unchanged",
+    "txn_index",
     "message",
+    "idempotency_key",
 )
+V1_PREFIX = b"\xc1\x01"
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 json_scalars = (
@@ -94,7 +99,7 @@ def typical_insert() -> Change:
     )
 
 
-def payload_with(fields: list[object], prefix: bytes = DOCUMENTED_PREFIX) -> bytes:
+def payload_with(fields: object, prefix: bytes = V1_PREFIX) -> bytes:
     return prefix + json.dumps(fields).encode()
 
 
@@ -116,7 +121,7 @@ def test_dict_round_trip_through_json(change: Change) -> None:
 
 def test_to_dict_has_every_field() -> None:
     change = typical_insert()
-    assert set(change.to_dict()) == set(DOCUMENTED_FIELDS)
+    assert list(change.to_dict()) == [name for name in DOCUMENTED_FIELDS if name != "idempotency_key"]
     assert change.to_dict()["op"] == "insert" and change.to_dict()["unchanged"] == []
 
 
@@ -124,10 +129,18 @@ def test_to_dict_has_every_field() -> None:
 def test_every_op_round_trips_with_defaults_only(op: str) -> None:
     change = Change(table="", op=op, source="s")
     payload = encode_change(change)
-    assert payload == DOCUMENTED_PREFIX + f'[{OPS.index(op)},"","s"]'.encode()
+    assert payload[:2] == DOCUMENTED_PREFIX
+    assert orjson.loads(payload[2:]) == {
+        **{name: None for name in DOCUMENTED_FIELDS},
+        "table": "",
+        "op": op,
+        "source": "s",
+        "unchanged": [],
+        "txn_index": 0,
+    }
     decoded = decode_change(payload)
     assert decoded == change
-    decoded.unchanged.append("x")  # the decoder's default list is the change's own
+    decoded.unchanged.append("x")  # the decoder's list is the change's own
     assert decode_change(payload).unchanged == []
 
 
@@ -144,17 +157,6 @@ def test_values_survive_exactly() -> None:
     assert decode_change(encode_change(change)) == change
 
 
-def test_trailing_defaults_are_left_out() -> None:
-    change = typical_insert()
-    fields = json.loads(encode_change(change)[2:])
-    assert len(fields) == DOCUMENTED_FIELDS.index("after") + 1
-    change.message = {"prefix": "p"}
-    fields = json.loads(encode_change(change)[2:])
-    assert len(fields) == len(DOCUMENTED_FIELDS)
-    assert fields[DOCUMENTED_FIELDS.index("before")] is None
-    assert fields[DOCUMENTED_FIELDS.index("unchanged")] == []
-
-
 def test_empty_dicts_are_not_taken_for_missing() -> None:
     change = Change("s.t", "delete", "src", key={}, before={})
     assert decode_change(encode_change(change)) == change
@@ -163,42 +165,75 @@ def test_empty_dicts_are_not_taken_for_missing() -> None:
 # --- the bytes --------------------------------------------------------------------------------
 
 
-def test_payload_is_the_prefix_then_the_documented_array() -> None:
+def test_payload_is_the_prefix_then_the_documented_object() -> None:
     change = typical_insert()
     payload = encode_change(change)
     assert payload[:2] == DOCUMENTED_PREFIX
     fields = json.loads(payload[2:])
-    as_dict = change.to_dict()
-    as_dict["op"] = OPS.index(change.op)
-    assert fields == [as_dict[name] for name in DOCUMENTED_FIELDS[: len(fields)]]
+    assert list(fields) == list(DOCUMENTED_FIELDS)
+    assert fields == {**change.to_dict(), "idempotency_key": idempotency_key(change, 1)}
+
+
+def test_row_changes_encode_like_changes() -> None:
+    change = typical_insert()
+    assert encode_row_change(
+        change.op,
+        change.table,
+        change.source,
+        change.lsn,
+        change.commit_lsn,
+        change.xid,
+        change.commit_ts,
+        change.txn_index,
+        change.key,
+        change.after,  # type: ignore[arg-type]
+    ) == encode_change(change)
+
+
+@settings(max_examples=200)
+@given(changes)
+def test_the_stored_key_is_the_idempotency_key_when_it_does_not_depend_on_the_sequence(
+    change: Change,
+) -> None:
+    payload = encode_change(change)
+    stored = stored_idempotency_key(payload)
+    if change.key is not None and change.lsn is not None:
+        assert stored == idempotency_key(change, 1) == idempotency_key(change, 99)
+    else:
+        assert stored is None
+        assert orjson.loads(payload[2:])["idempotency_key"] is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\xc1\x02", b"plain text", b'{"idempotency_key":"0123"}', b'\xc1\x01[0,"t","s"]', b"x" * 60],
+)
+def test_no_stored_key_is_read_from_other_payloads(payload: bytes) -> None:
+    assert stored_idempotency_key(payload) is None
 
 
 def test_op_codes_are_the_documented_ones() -> None:
     assert OPS == ("insert", "update", "delete", "truncate", "snapshot", "ddl", "message")
 
 
-def test_payload_is_smaller_than_the_json_dict() -> None:
-    change = typical_insert()
-    payload = encode_change(change)
-    plain = json.dumps(change.to_dict())
-    # 237 bytes against 408 when this was written: a ratio of 0.58.
-    assert len(payload) < 0.65 * len(plain), (len(payload), len(plain))
-
-
-def _documented_change_hexdump() -> bytes:
+def _documented_block(marker: str) -> str:
     text = FORMAT_DOC.read_text()
-    match = re.search(r"<!-- change-hexdump.*?-->\n```\n(.*?)```", text, re.S)
-    assert match, "docs/format.md lost its worked change record"
+    match = re.search(re.escape(marker) + r".*?-->\n```\n(.*?)```", text, re.S)
+    assert match, f"docs/format.md lost its {marker} block"
+    return match.group(1)
+
+
+def _documented_v1_hexdump() -> bytes:
     data = b""
-    for line in match.group(1).splitlines():
+    for line in _documented_block("<!-- change-hexdump").splitlines():
         offset, _, rest = line.partition("  ")
         assert int(offset, 16) == len(data), f"hexdump line {line!r} is at the wrong offset"
         data += bytes.fromhex(rest.split("|")[0])
     return data
 
 
-def test_documented_example_is_what_encode_change_makes() -> None:
-    change = Change(
+def _example() -> Change:
+    return Change(
         table="public.users",
         op="update",
         source="pg",
@@ -210,7 +245,27 @@ def test_documented_example_is_what_encode_change_makes() -> None:
         commit_ts="2026-11-23T10:00:00.123456Z",
         txn_index=1,
     )
-    assert encode_change(change) == _documented_change_hexdump()
+
+
+def test_documented_example_is_what_encode_change_makes() -> None:
+    documented = _documented_block("<!-- change-v2-example").strip().encode()
+    assert encode_change(_example()) == DOCUMENTED_PREFIX + documented
+
+
+def test_the_documented_version_1_record_still_decodes() -> None:
+    payload = _documented_v1_hexdump()
+    assert payload[:2] == V1_PREFIX
+    assert decode_change(payload) == _example()
+
+
+@settings(max_examples=100)
+@given(changes)
+def test_version_1_arrays_decode_to_the_same_change(change: Change) -> None:
+    as_dict = change.to_dict()
+    as_dict["op"] = OPS.index(change.op)
+    order = ("op", "table", "source", "lsn", "commit_lsn", "xid", "commit_ts", "txn_index", "key", "after")
+    order += ("before", "unchanged", "message")
+    assert decode_change(payload_with([as_dict[name] for name in order])) == change
 
 
 # --- telling change payloads apart ------------------------------------------------------------
@@ -237,7 +292,35 @@ def test_no_utf8_text_starts_like_a_change(text: str) -> None:
         (b"", "does not start with 0xC1"),
         (b"\xc1", "does not start with 0xC1"),
         (b'[0,"t","s"]', "does not start with 0xC1"),
-        (b'\xc1\x02[0,"t","s"]', "unsupported change record version 2"),
+        (b'\xc1\x03{"table":"t"}', "unsupported change record version 3"),
+        (b'\xc1\x02[0,"t","s"]', "must be a JSON object"),
+        (b'\xc1\x02{"table":"t"', "invalid JSON"),
+        (b'\xc1\x02{"table":"t","op":"insert","source":"s"}', "lacks the field 'key'"),
+        (
+            payload_with({**dict.fromkeys(DOCUMENTED_FIELDS), "colour": 1}, DOCUMENTED_PREFIX),
+            "unknown field(s): colour",
+        ),
+        (
+            payload_with(
+                {**dict.fromkeys(DOCUMENTED_FIELDS), "table": "t", "op": "merge", "source": "s"},
+                DOCUMENTED_PREFIX,
+            ),
+            "unknown op 'merge'",
+        ),
+        (
+            payload_with(
+                {
+                    **dict.fromkeys(DOCUMENTED_FIELDS),
+                    "table": "t",
+                    "op": "insert",
+                    "source": "s",
+                    "unchanged": [],
+                    "txn_index": "1",
+                },
+                DOCUMENTED_PREFIX,
+            ),
+            "'txn_index' has the wrong type: str",
+        ),
         (b'\xc1\x00[0,"t","s"]', "unsupported change record version 0"),
         (b"\xc1\x01", "invalid JSON"),
         (b'\xc1\x01[0,"t",', "invalid JSON"),

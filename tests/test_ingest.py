@@ -264,9 +264,9 @@ def test_an_invalid_change_record_names_the_line_and_the_problem(log, start, cli
 
 
 def test_a_record_larger_than_the_log_takes_is_refused(open_log, start, client):
-    small = open_log(fsync="always", max_record_bytes=200)
+    small = open_log(fsync="always", max_record_bytes=400)
     _, url = start(small)
-    response = client.post(f"{url}/ingest", content=ndjson({"n": 1}, {"pad": "x" * 300}), headers=NDJSON)
+    response = client.post(f"{url}/ingest", content=ndjson({"n": 1}, {"pad": "x" * 500}), headers=NDJSON)
     assert_rejected(response, 413, "RECORD_TOO_LARGE", "line 2:", "max_record_bytes")
     assert logged(small) == []
 

@@ -215,3 +215,30 @@ def test_a_payload_that_is_not_a_change_is_dead_lettered(log, tmp_path):
     letters = DeadLetters(tmp_path / "data").list()
     assert [(letter.seq, letter.payload) for letter in letters] == [(seqs[0], b'{"raw": true}')]
     assert "not a change record" in letters[0].error
+
+
+def test_a_change_shaped_payload_that_does_not_decode_is_dead_lettered_alone(log, tmp_path):
+    """A payload with a version 2 record's ends is taken unparsed; the receiver refuses the body it
+    spoils, and splitting narrows the refusal down to it."""
+    broken = b'\xc1\x02{"table":"public.orders","op":"insert" oops "idempotency_key":null}'
+    seqs = log.append_batch([encode_change(change(1)), broken, encode_change(change(2))])
+    with FaultReceiver() as receiver, Running(make_sender(log, tmp_path, receiver)):
+        wait_until(lambda: len(receiver.records) == 2, "the two good records")
+    assert [r["seq"] for r in receiver.records] == [seqs[0], seqs[2]]
+    letters = DeadLetters(tmp_path / "data").list()
+    assert [(letter.seq, letter.payload, letter.idempotency_key) for letter in letters] == [
+        (seqs[1], broken, f"seq-{seqs[1]}")
+    ]
+
+
+def test_table_filters_read_the_table_without_decoding_and_still_decode_escaped_names(log, tmp_path):
+    odd = Change(
+        table='public."we\\"ird"', op="insert", source="app", key={"id": 1}, after={"id": 1}, lsn="0/1"
+    )
+    log.append_batch([encode_change(change(1)), encode_change(odd), encode_change(change(2))])
+    with FaultReceiver() as receiver:
+        sender = make_sender(log, tmp_path, receiver, tables=[odd.table])
+        with Running(sender):
+            wait_until(lambda: len(receiver.records) == 1, "the record of the chosen table")
+            wait_until(lambda: sender.stats.skipped == 2, "the others skipped")
+    assert receiver.records[0]["table"] == odd.table

@@ -71,7 +71,7 @@ class HttpDestination:
             for delivery in batch:
                 yield encode_one(delivery), delivery.idempotency_key
         elif getattr(self.format, "single_table", False):
-            for _table, run in groupby(batch, key=lambda d: d.change.table):
+            for _table, run in groupby(batch, key=lambda d: d.table):
                 records = list(run)
                 yield self.format.encode(records), batch_idempotency_key(records)
         else:

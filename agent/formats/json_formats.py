@@ -1,4 +1,8 @@
-"""`json` (one array of envelopes) and `jsonl` (one envelope per line), through orjson."""
+"""`json` (one array of envelopes) and `jsonl` (one envelope per line).
+
+A record read from the log as a version 2 change goes out as its payload plus `seq`
+(`envelope_json`); anything else is encoded with orjson.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ..delivery import Delivery, envelope
+from ..delivery import Delivery, envelope_json
 from .base import FormatError
 
 __all__ = ["JsonFormat", "JsonLinesFormat"]
@@ -29,11 +33,11 @@ class JsonFormat:
     single_table = False
 
     def encode(self, batch: Sequence[Delivery]) -> bytes:
-        return _dumps([envelope(delivery) for delivery in batch])
+        return b"[" + b",".join([envelope_json(delivery, _dumps) for delivery in batch]) + b"]"
 
     def encode_one(self, delivery: Delivery) -> bytes:
         """One envelope as a JSON object (payload_mode = "record_json")."""
-        return _dumps(envelope(delivery))
+        return envelope_json(delivery, _dumps)
 
     def decode(self, data: bytes) -> list[dict[str, Any]]:
         value = orjson.loads(data)
@@ -49,7 +53,9 @@ class JsonLinesFormat:
     single_table = False
 
     def encode(self, batch: Sequence[Delivery]) -> bytes:
-        return b"".join(_dumps(envelope(delivery)) + b"\n" for delivery in batch)
+        if not batch:
+            return b""
+        return b"\n".join([envelope_json(delivery, _dumps) for delivery in batch]) + b"\n"
 
     def decode(self, data: bytes) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in data.splitlines() if line.strip()]
