@@ -13,8 +13,8 @@ install: $(STAMP)
 APT_PACKAGES := zstd postgresql-15-wal2json
 PG_LIBDIR := /usr/lib/postgresql/15/lib
 
-# Reinstall when the project's metadata changes; system packages come from apt when missing.
-$(STAMP): pyproject.toml Makefile
+# Reinstall when the project's metadata or C sources change; system packages come from apt when missing.
+$(STAMP): pyproject.toml Makefile $(wildcard agent/*.c wal/*.c)
 	@if ! command -v zstd >/dev/null 2>&1 || [ ! -f $(PG_LIBDIR)/wal2json.so ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); fi
 	$(PYTHON) -m venv $(VENV)

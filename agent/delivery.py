@@ -16,14 +16,15 @@ a destination refused.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
 
 from .change import Change, ChangeFormatError, decode_change, stored_idempotency_key
 from .idempotency import row_key, sequence_key
 
 __all__ = [
     "Delivery",
+    "LogBatch",
     "batch_idempotency_key",
     "envelope",
     "envelope_json",
@@ -130,8 +131,47 @@ class Delivery:
         return f"Delivery(seq={self.seq}, idempotency_key={self.idempotency_key!r})"
 
 
+class LogBatch(Sequence[Delivery]):
+    """Consecutive log records whose wire body is already made (`agent.wire.json_body`).
+
+    A json or jsonl format sends `body` as it is, and the batch key digests `keys`; no record is
+    decoded. Anything that looks at the records one by one gets Deliveries, made on first use.
+    A slice is a plain list of Deliveries, so a split batch is encoded again from its records.
+    """
+
+    __slots__ = ("_deliveries", "body", "format", "keys", "records")
+
+    def __init__(self, records: list[Any], format: str, body: bytes, keys: bytes) -> None:
+        self.records = records  # wal Records: (seq, timestamp_ms, payload, ...)
+        self.format = format  # the format `body` is in: "json" or "jsonl"
+        self.body = body
+        self.keys = keys  # the records' idempotency keys, 32 ASCII bytes each, in order
+        self._deliveries: list[Delivery] | None = None
+
+    def deliveries(self) -> list[Delivery]:
+        if self._deliveries is None:
+            from_record = Delivery.from_record
+            self._deliveries = [from_record(r[0], r[1], r[2]) for r in self.records]
+        return self._deliveries
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @overload
+    def __getitem__(self, index: int) -> Delivery: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Delivery]: ...
+    def __getitem__(self, index: int | slice) -> Delivery | list[Delivery]:
+        return self.deliveries()[index]
+
+    def __iter__(self) -> Iterator[Delivery]:
+        return iter(self.deliveries())
+
+
 def batch_idempotency_key(deliveries: Iterable[Delivery]) -> str:
     """One key for a whole batch (the HTTP `Idempotency-Key` header): a digest of its records' keys."""
+    if isinstance(deliveries, LogBatch):
+        return hashlib.blake2b(deliveries.keys, digest_size=_KEY_DIGEST_BYTES).hexdigest()
     digest = hashlib.blake2b(digest_size=_KEY_DIGEST_BYTES)
     update = digest.update
     for delivery in deliveries:

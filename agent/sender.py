@@ -27,10 +27,11 @@ from wal.reader import Record
 
 from .change import ChangeFormatError
 from .config_destinations import BatchConfig, RetryConfig
-from .delivery import Delivery
+from .delivery import Delivery, LogBatch
 from .destinations.base import Destination, DestinationError, PermanentError, TransactionalDestination
 from .dlq import DeadLetters
 from .retry import RetryPolicy, Stopped
+from .wire import json_body
 
 __all__ = [
     "Sender",
@@ -39,6 +40,7 @@ __all__ = [
     "decode_records",
     "deliver_splitting",
     "key_or_placeholder",
+    "last_seq",
     "wanted_by",
 ]
 
@@ -87,6 +89,11 @@ def decode_records(
             if on_bad is not None:
                 on_bad(record, f"not a change record: {exc}")
     return deliveries
+
+
+def last_seq(deliveries: Sequence[Delivery]) -> int:
+    """The last record's sequence, without making Deliveries of a LogBatch."""
+    return deliveries.records[-1][0] if isinstance(deliveries, LogBatch) else deliveries[-1].seq
 
 
 def wanted_by(tables: Collection[str], delivery: Delivery) -> bool:
@@ -168,6 +175,7 @@ class Sender:
         self._written_through = 0  # the last seq handed to destination.write
         self._processed_through = 0  # the last seq read, written or skipped
         self._committed_at = 0.0
+        self._wire_format = getattr(destination, "wire_format", None)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -252,20 +260,29 @@ class Sender:
         records = batch.records
         if records[0].seq <= self._written_through:  # a transactional resume
             records = [r for r in records if r.seq > self._written_through]
-        deliveries = decode_records(records, self._dead_letter_record)
+        deliveries = self._stored_bodies(records) or decode_records(records, self._dead_letter_record)
         if self.tables:
             taken = [d for d in deliveries if wanted_by(self.tables, d)]
             self.stats.skipped += len(deliveries) - len(taken)
             deliveries = taken
         if deliveries:
             self._deliver(deliveries)
-            self._written_through = deliveries[-1].seq
+            self._written_through = last_seq(deliveries)
         self._processed_through = batch.records[-1].seq
         # Caught up with the log: commit now; under a backlog, at most every interval.
         assert self._tail is not None
         self._commit(force=self._tail.next_seq > self.log.durable_seq)
 
-    def _deliver(self, deliveries: list[Delivery]) -> None:
+    def _stored_bodies(self, records: list[Record]) -> LogBatch | None:
+        """The batch with its body made from the stored records, when the destination sends json
+        or jsonl and every record is a version 2 change with its key (None: decode them)."""
+        fmt = self._wire_format
+        if fmt is None or self.tables or not records:
+            return None
+        made = json_body(records, *fmt.splice)
+        return LogBatch(records, fmt.name, *made) if made is not None else None
+
+    def _deliver(self, deliveries: Sequence[Delivery]) -> None:
         """Deliver with retries; on a permanent refusal, split to find and dead-letter the culprits."""
 
         def refused(delivery: Delivery, error: BaseException, attempts: int) -> None:
@@ -278,7 +295,7 @@ class Sender:
             self.stats.state = "running"
             log.info(
                 "Successfully sent records",
-                extra={"destination": self.name, "count": len(run), "last_seq": run[-1].seq},
+                extra={"destination": self.name, "count": len(run), "last_seq": last_seq(run)},
             )
 
     def _commit(self, force: bool = False) -> None:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import orjson
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from agent import wire
 from agent.change import Change, ChangeFormatError, encode_change
-from agent.delivery import Delivery, batch_idempotency_key, envelope, envelope_json, idempotency_key
+from agent.delivery import (
+    Delivery,
+    LogBatch,
+    batch_idempotency_key,
+    envelope,
+    envelope_json,
+    idempotency_key,
+)
 from agent.destinations.base import PermanentError
 from agent.formats import get_format
 from tests.test_change import changes, typical_insert
+from wal import Record
 
 
 def _pair(change: Change, seq: int) -> tuple[Delivery, Delivery]:
@@ -79,3 +89,65 @@ def test_a_change_shaped_payload_that_does_not_decode_is_a_permanent_error_when_
 def test_a_delivery_needs_a_change_or_a_payload() -> None:
     with pytest.raises(ValueError, match="needs a change or a payload"):
         Delivery(1)
+
+
+# --- pre-made bodies (agent.wire) -------------------------------------------------------------
+
+SPLICES = {"json": (b"[", b",", b"]"), "jsonl": (b"", b"\n", b"\n")}
+
+
+def _records(*changes_: Change, first_seq: int = 1) -> list[Record]:
+    return [Record(seq, 0, encode_change(c), "seg", 16, False) for seq, c in enumerate(changes_, first_seq)]
+
+
+def test_the_extension_is_built_here() -> None:
+    assert wire.native, (
+        "agent._wire was not compiled: `make install` builds it (needs gcc and Python headers)"
+    )
+
+
+@settings(max_examples=200)
+@given(st.lists(changes, min_size=1, max_size=5), st.integers(1, 2**62))
+def test_a_made_body_is_what_the_format_encodes(batch: list[Change], first_seq: int) -> None:
+    records = _records(*batch, first_seq=first_seq)
+    deliveries = [Delivery.from_record(r.seq, r.timestamp_ms, r.payload) for r in records]
+    for name, splice in SPLICES.items():
+        native = wire.json_body(records, *splice)
+        python = wire._python_json_body(records, *splice)
+        if any(c.key is None or c.lsn is None for c in batch):
+            assert native is None and python is None  # a key that needs the seq: the general path
+            continue
+        assert native == python
+        assert native is not None
+        body, keys = native
+        assert body == get_format(name).encode(deliveries)
+        made = LogBatch(records, name, body, keys)
+        assert get_format(name).encode(made) == body
+        assert batch_idempotency_key(made) == batch_idempotency_key(deliveries)
+        assert [d.seq for d in made] == [r.seq for r in records] and made[-1].change == batch[-1]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"plain",
+        encode_change(Change(table="t", op="ddl", source="s")),  # no stored key
+        encode_change(typical_insert())[:-3] + b'g"}',  # not a hex key
+        encode_change(typical_insert()).replace(b"\xc1\x02", b"\xc1\x01", 1),
+        b'\xc1\x02{"table":"t"}',
+    ],
+)
+def test_one_record_without_a_stored_key_sends_the_whole_batch_the_general_way(bad: bytes) -> None:
+    records = [*_records(typical_insert()), Record(2, 0, bad, "seg", 16, False)]
+    for splice in SPLICES.values():
+        assert wire.json_body(records, *splice) is None
+        assert wire._python_json_body(records, *splice) is None
+
+
+def test_a_log_batch_sliced_is_a_plain_list_encoded_again() -> None:
+    records = _records(typical_insert(), typical_insert(), first_seq=10)
+    body, keys = wire.json_body(records, *SPLICES["json"])
+    made = LogBatch(records, "json", body, keys)
+    half = made[:1]
+    assert type(half) is list and get_format("json").encode(half) != body
+    assert get_format("jsonl").encode(made) == wire.json_body(records, *SPLICES["jsonl"])[0]

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ..delivery import Delivery, envelope_json
+from ..delivery import Delivery, LogBatch, envelope_json
 from .base import FormatError
 
 __all__ = ["JsonFormat", "JsonLinesFormat"]
@@ -32,7 +32,11 @@ class JsonFormat:
     extension = ".json"
     single_table = False
 
+    splice = (b"[", b",", b"]")  # how agent.wire joins stored records into this format's body
+
     def encode(self, batch: Sequence[Delivery]) -> bytes:
+        if isinstance(batch, LogBatch) and batch.format == self.name:
+            return batch.body
         return b"[" + b",".join([envelope_json(delivery, _dumps) for delivery in batch]) + b"]"
 
     def encode_one(self, delivery: Delivery) -> bytes:
@@ -52,7 +56,11 @@ class JsonLinesFormat:
     extension = ".jsonl"
     single_table = False
 
+    splice = (b"", b"\n", b"\n")
+
     def encode(self, batch: Sequence[Delivery]) -> bytes:
+        if isinstance(batch, LogBatch) and batch.format == self.name:
+            return batch.body
         if not batch:
             return b""
         return b"\n".join([envelope_json(delivery, _dumps) for delivery in batch]) + b"\n"

@@ -1,0 +1,43 @@
+"""Version 2 change records as one JSON body, without decoding them (the sender's hot path).
+
+`json_body(records, open, sep, close)` returns the body a json (`[`, `,`, `]`) or jsonl (``,
+`\\n`, `\\n`) destination sends for a batch of log records, and the records' stored idempotency
+keys concatenated, or None when any record is not a version 2 change carrying its key (the
+caller then decodes and checks each record). The C extension `agent._wire` does it in about
+0.1 µs per record; this module's Python version gives the same bytes, about ten times slower, on
+a machine where the extension was not built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["json_body", "native"]
+
+_V2_START = b'\xc1\x02{"table":'
+_KEY_TAIL = re.compile(rb'"idempotency_key":"[0-9a-f]{32}"}\Z')
+
+
+def _python_json_body(
+    records: Sequence[Any], open: bytes, sep: bytes, close: bytes
+) -> tuple[bytes, bytes] | None:
+    parts = []
+    keys = []
+    for record in records:
+        seq, payload = record[0], record[2]
+        if not payload.startswith(_V2_START) or _KEY_TAIL.search(payload, len(payload) - 53) is None:
+            return None
+        parts.append(b'%b,"seq":%d}' % (payload[2:-1], seq))
+        keys.append(payload[-34:-2])
+    return open + sep.join(parts) + close, b"".join(keys)
+
+
+try:
+    from ._wire import json_body as _native_json_body
+except ImportError:  # no compiler when the package was installed: the same bytes, slower
+    _native_json_body = None
+
+native = _native_json_body is not None
+json_body = _native_json_body if _native_json_body is not None else _python_json_body
