@@ -1,6 +1,7 @@
 """The postgres destination against the test server: upserts, deletes, key changes, truncates, TOAST,
 soft delete, append mode, exactly-once positions, DDL, table creation from stored schemas, error
-classification, speed, and a real capture from a source database certified equal to its copy."""
+classification, speed, a real capture from a source database certified equal to its copy, and
+inserts written by COPY (values, metadata, falling back to the upsert)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from agent.certify import certify_table
 from agent.change import Change
 from agent.config_destinations import PostgresDestinationConfig
 from agent.delivery import Delivery, idempotency_key
+from agent.destinations import postgres as postgres_destination
 from agent.destinations.base import PermanentError, RetryableError, TransactionalDestination
-from agent.destinations.postgres import PostgresDestination
+from agent.destinations.postgres import COPY_MIN_ROWS, PostgresDestination
 from agent.errors import ConfigError
 from agent.sources.postgres.catalog import describe_relation, describe_table, record_relation_schema
 from agent.sources.postgres.pgoutput import Column, Relation
@@ -402,3 +404,245 @@ def test_a_10000_row_insert_batch_applies_whole(target_dsn):
     dest.write(batch[:1])  # the table exists before the clock starts
     dest.write(batch[1:])
     assert rows(target_dsn, "SELECT count(*) FROM public.orders") == [(10_000,)]
+
+
+# -- inserts by COPY --------------------------------------------------------------------------
+
+KINDS = [
+    {"name": "id", "type": "integer", "key": True},
+    {"name": "amount", "type": "numeric(10,2)", "key": False},
+    {"name": "at", "type": "timestamp with time zone", "key": False},
+    {"name": "doc", "type": "jsonb", "key": False},
+    {"name": "tags", "type": "text[]", "key": False},
+    {"name": "nums", "type": "integer[]", "key": False},
+    {"name": "raw", "type": "bytea", "key": False},
+    {"name": "ok", "type": "boolean", "key": False},
+    {"name": "ratio", "type": "double precision", "key": False},
+    {"name": "note", "type": "text", "key": False},
+    {"name": "mood", "type": "public.mood", "key": False},  # an enum the target lacks: text there
+]
+KIND_VALUES = {
+    "amount": ["12.50", "-0.005", "NaN", "99999999.99", 7],
+    "at": ["2024-01-02T03:04:05.250000Z", "infinity", "2024-02-29T23:59:59.999999Z"],
+    "doc": [{"a": [1, {"b": None}], "s": "x\ty\\z"}, "just a string", 5, True, [1, "2"], {}],
+    "tags": [["a", 'b "q"', None, "c,d", "e\\f", "{}", "NULL"], [], ["ü"]],
+    "nums": [[1, None, 3], [[1, 2], [3, 4]], []],
+    "raw": ["AAEC", "", "/w==", "XAkK"],  # 00 01 02, nothing, ff, backslash tab newline
+    "ok": [True, False],
+    "ratio": [0.1, 1e-7, 1e16, -2.5],
+    "note": ["héllo ✓ 😀", "tab\there", "new\nline\r", "back\\slash", "\\N", "", True, 1e16, {"k": "v"}],
+    "mood": ["happy", False],
+}
+
+
+def kind_rows(count):
+    """Rows of every kind of value, with a NULL now and then; key i."""
+    made = []
+    for i in range(count):
+        row = {"id": i}
+        for column, values in KIND_VALUES.items():
+            row[column] = None if (i + len(column)) % 7 == 0 else values[i % len(values)]
+        made.append(row)
+    return made
+
+
+def table_text(dsn, table):
+    """Each row as PostgreSQL prints it: equal texts are equal values, types and all."""
+    return rows(dsn, f"SELECT t::text FROM (SELECT * FROM {table} ORDER BY id) AS t")
+
+
+def test_an_insert_batch_is_copied_and_every_kind_of_value_arrives_as_the_upsert_writes_it(
+    target_dsn, tmp_path
+):
+    state = StateStore(tmp_path / "state")
+    state.record_table_schema("app", "public.kinds", KINDS)
+    copied = destination(target_dsn, state, schema="via_copy", position_table="copy_positions")
+    upserted = destination(target_dsn, state, schema="via_upsert", position_table="upsert_positions")
+    values = kind_rows(3 * COPY_MIN_ROWS)
+    copied.write(deliveries([change("insert", {"id": r["id"]}, r, table="public.kinds") for r in values]))
+    # An update of a key nobody wrote yet is an insert too, but it always goes by the statement.
+    upserted.write(deliveries([change("update", {"id": r["id"]}, r, table="public.kinds") for r in values]))
+    assert copied.stats["rows_copied"] == len(values) and copied.stats["rows_upserted"] == len(values)
+    assert upserted.stats["rows_copied"] == 0 and upserted.stats["rows_upserted"] == len(values)
+    got = table_text(target_dsn, "via_copy.kinds")
+    assert got == table_text(target_dsn, "via_upsert.kinds")
+    assert len(got) == len(values)
+    # Spot checks that the equal texts are the right ones.
+    assert rows(
+        target_dsn,
+        "SELECT doc, doc #>> '{}', raw, note, tags, nums, amount::text FROM via_copy.kinds WHERE id IN (0, 1)"
+        " ORDER BY id",
+    ) == [
+        (
+            {"a": [1, {"b": None}], "s": "x\ty\\z"},
+            '{"a": [1, {"b": null}], "s": "x\\ty\\\\z"}',
+            b"\x00\x01\x02",
+            "héllo ✓ 😀",
+            ["a", 'b "q"', None, "c,d", "e\\f", "{}", "NULL"],
+            [1, None, 3],
+            "12.50",
+        ),
+        ("just a string", "just a string", b"", "tab\there", [], [[1, 2], [3, 4]], None),
+    ]
+
+
+def test_meta_columns_by_copy_are_those_of_the_upsert(target_dsn):
+    dest = destination(target_dsn, meta_enabled=True)
+    count = COPY_MIN_ROWS + 1
+    synced_at_is_the_batch_start = (
+        "SELECT bool_and(t.__ds_synced_at = p.updated_at) FROM public.orders t, wallaby_positions p"
+        " WHERE t.__ds_watermark > %s"
+    )  # now() of the batch's transaction, which the position was written with too
+    dest.write(
+        deliveries(
+            [
+                change("insert" if i % 2 else "snapshot", {"id": i}, {"id": i, "v": str(i)})
+                for i in range(count)
+            ]
+        )
+    )
+    assert dest.stats["rows_copied"] == count
+    assert query(target_dsn, synced_at_is_the_batch_start, (0,)) == [(True,)]
+    updates = [change("update", {"id": i + 100}, {"id": i + 100, "v": "u"}) for i in range(count)]
+    dest.write(deliveries(updates, 50))
+    assert dest.stats["rows_copied"] == count  # updates are never copied
+    assert query(target_dsn, synced_at_is_the_batch_start, (count,)) == [(True,)]
+    assert rows(
+        target_dsn,
+        "SELECT id, __ds_op, __ds_is_deleted, __ds_watermark FROM public.orders WHERE id IN (0, 1, 100) ORDER BY id",
+    ) == [(0, "snapshot", False, 1), (1, "insert", False, 2), (100, "update", False, 50)]
+
+
+def test_an_insert_of_a_key_that_exists_falls_back_to_the_upsert_once(target_dsn, monkeypatch):
+    monkeypatch.setattr(postgres_destination, "COPY_PAUSE_STEPS", 2)
+    dest = destination(target_dsn, meta_enabled=True)
+    count = COPY_MIN_ROWS
+    dest.write(deliveries([change("insert", {"id": i}, {"id": i, "v": "first"}) for i in range(count)]))
+    assert dest.stats["rows_copied"] == count
+    # A replay: rows for a new table (copied, then rolled back with the rest), then the same
+    # keys inserted again with new values, and one new key.
+    replay = deliveries(
+        [change("insert", {"id": i}, {"id": i}, table="public.other") for i in range(count)]
+        + [change("insert", {"id": i}, {"id": i, "v": "again"}) for i in range(count + 1)],
+        count + 1,
+    )
+    dest.write(replay)
+    assert dest.position() == replay[-1].seq
+    assert rows(target_dsn, "SELECT count(*), min(v), max(v), min(__ds_watermark) FROM public.orders") == [
+        (count + 1, "again", "again", 2 * count + 1)
+    ]
+    assert rows(target_dsn, "SELECT count(*) FROM public.other") == [(count,)]
+    assert dest.stats["copy_fallbacks"] == 1
+    # The batch was applied once, by statements: what the refused attempt counted is gone.
+    assert dest.stats["rows_copied"] == count
+    assert dest.stats["rows_upserted"] == count + count + count + 1
+    assert dest.stats["batches"] == 2
+    # The next steps into that table skip the COPY; then it is tried again.
+    for batch in range(2):
+        start = 100 * (batch + 1)
+        dest.write(
+            deliveries([change("insert", {"id": start + i}, {"id": start + i}) for i in range(count)], start)
+        )
+        assert dest.stats["rows_copied"] == count
+    dest.write(deliveries([change("insert", {"id": 500 + i}, {"id": 500 + i}) for i in range(count)], 500))
+    assert dest.stats["rows_copied"] == 2 * count and dest.stats["copy_fallbacks"] == 1
+
+
+def test_values_a_copy_refuses_get_the_statements_answer(target_dsn, tmp_path):
+    state = StateStore(tmp_path / "state")
+    state.record_table_schema(
+        "app",
+        "public.short",
+        [
+            {"name": "id", "type": "integer", "key": True},
+            {"name": "code", "type": "character varying(3)", "key": False},
+        ],
+    )
+    state.record_table_schema(
+        "app",
+        "public.blobs",
+        [{"name": "id", "type": "integer", "key": True}, {"name": "raw", "type": "bytea", "key": False}],
+    )
+    dest = destination(target_dsn, state)
+    count = COPY_MIN_ROWS
+    # A cast to varchar(3) cuts a longer value short, where COPY refuses it: the outcome is the cast's.
+    dest.write(
+        deliveries(
+            [
+                change("insert", {"id": i}, {"id": i, "code": "abcdef"}, table="public.short")
+                for i in range(count)
+            ]
+        )
+    )
+    assert rows(target_dsn, "SELECT count(*), min(code), max(code) FROM public.short") == [
+        (count, "abc", "abc")
+    ]
+    assert dest.stats["copy_fallbacks"] == 1 and dest.stats["rows_copied"] == 0
+    assert dest.position() == count
+    # Base64 that does not decode stops the COPY in the client; the statement refuses it as before.
+    bad = [
+        change("insert", {"id": i}, {"id": i, "raw": "AAEC" if i else "not base64!"}, table="public.blobs")
+        for i in range(count)
+    ]
+    with pytest.raises(PermanentError, match="base64"):
+        dest.write(deliveries(bad, count + 1))
+    assert dest.stats["copy_fallbacks"] == 2 and dest.stats["rows_copied"] == 0
+    assert dest.position() == count
+    assert rows(target_dsn, "SELECT to_regclass('public.blobs')") == [(None,)]  # its CREATE went too
+
+
+def test_a_target_without_a_unique_key_is_not_copied_into(target_dsn):
+    execute(target_dsn, "CREATE TABLE public.orders (id bigint, v text)")
+    dest = destination(target_dsn)
+    with pytest.raises(PermanentError, match="no unique or exclusion constraint"):
+        dest.write(
+            deliveries([change("insert", {"id": i}, {"id": i, "v": "x"}) for i in range(COPY_MIN_ROWS)])
+        )
+    assert dest.stats["rows_copied"] == 0
+    assert rows(target_dsn, "SELECT count(*) FROM public.orders") == [(0,)]
+    # With a unique index on the key, in any column order, the COPY is used.
+    execute(
+        target_dsn,
+        "ALTER TABLE public.orders ADD COLUMN k int",
+        "CREATE UNIQUE INDEX ON public.orders (k, id)",
+    )
+    dest = destination(target_dsn)
+    dest.write(
+        deliveries(
+            [change("insert", {"id": i, "k": 1}, {"id": i, "k": 1, "v": "x"}) for i in range(COPY_MIN_ROWS)]
+        )
+    )
+    assert dest.stats["rows_copied"] == COPY_MIN_ROWS
+
+
+def test_a_target_with_rules_is_not_copied_into(target_dsn):
+    dest = destination(target_dsn, write_mode="append")
+    batch = [change("insert", {"id": i}, {"id": i}) for i in range(COPY_MIN_ROWS)]
+    dest.write(deliveries(batch))
+    assert dest.stats["rows_copied"] == COPY_MIN_ROWS
+    execute(
+        target_dsn,
+        "CREATE TABLE public.audit (id bigint)",
+        "CREATE RULE audit AS ON INSERT TO public.orders DO ALSO INSERT INTO public.audit VALUES (NEW.id)",
+    )
+    dest = destination(target_dsn, write_mode="append")
+    dest.write(deliveries(batch, COPY_MIN_ROWS + 1))
+    assert dest.stats["rows_copied"] == 0  # COPY would skip the rule
+    assert rows(target_dsn, "SELECT count(*) FROM public.audit") == [(COPY_MIN_ROWS,)]
+
+
+def test_append_mode_copies_inserts_and_deletes(target_dsn):
+    dest = destination(target_dsn, write_mode="append")
+    count = COPY_MIN_ROWS
+    inserts = [change("insert", {"id": i}, {"id": i, "v": f"v{i}"}) for i in range(count)]
+    deletes = [change("delete", {"id": i}, before={"id": i, "v": f"v{i}"}) for i in range(count)]
+    dest.write(deliveries(inserts + deletes + inserts))  # the same keys twice: no key, no conflict
+    assert dest.stats["rows_copied"] == 3 * count and dest.stats["rows_appended"] == 3 * count
+    assert rows(
+        target_dsn,
+        "SELECT __ds_op, __ds_is_deleted, count(*), min(__ds_watermark), max(__ds_watermark)"
+        " FROM public.orders GROUP BY 1, 2 ORDER BY 1",
+    ) == [("delete", True, count, count + 1, 2 * count), ("insert", False, 2 * count, 1, 3 * count)]
+    assert query(
+        target_dsn, "SELECT id, v FROM public.orders WHERE __ds_watermark = %s", (2 * count + 3,)
+    ) == [(2, "v2")]

@@ -4,15 +4,22 @@ Each batch is one transaction: its rows (set-based statements, see `sql_apply`) 
 destination's position (the batch's last log sequence) in `position_table` commit together. The
 position is read and locked first, and records at or below it are skipped, so a batch sent again
 after a crash, or twice, changes nothing. docs/destinations/postgres.md is the operator's guide.
+
+A run of inserts (and an append run) is written with a plain COPY, several times faster than the
+upsert statement. A COPY has no ON CONFLICT: when one fails (most often a key that is already
+there), the transaction is rolled back and the batch applied again by statements only, so the
+outcome is always the statement's. See `PostgresDestination._copy_rows`.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import orjson
 import psycopg
 
 from ..change import Change
@@ -22,7 +29,16 @@ from ..errors import first_line
 from ..state import StateStore
 from .base import DestinationError, PermanentError, RetryableError
 from .pg_connect import connect_target
-from .sql_apply import SqlApplier, pg_array_text, quote, split_table
+from .sql_apply import (
+    BYTES_TYPES,
+    META_COLUMNS,
+    SqlApplier,
+    Step,
+    base_type,
+    pg_array_text,
+    quote,
+    split_table,
+)
 
 __all__ = ["PostgresDestination", "classify_error"]
 
@@ -33,6 +49,37 @@ log = logging.getLogger("agent.destinations.postgres")
 # operator intervention (shutdown, cancel), system and internal errors.
 _RETRYABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
 _ALTER_TABLE = re.compile(r"\s*alter\s+table\b", re.IGNORECASE)
+
+# After a COPY into a table fails, that many of the table's next runs skip the attempt: an insert
+# stream into a table that already holds its keys (a replay, a second snapshot) would otherwise
+# pay for the COPY and the statements on every batch.
+COPY_PAUSE_STEPS = 100
+# A COPY takes two round trips, the statement one: for fewer rows than this the statement is as fast.
+COPY_MIN_ROWS = 10
+
+# Target types that read psycopg's COPY text of a str, int, float or bool value exactly as they
+# read the JSON text the statement casts ("t" and "true" are one boolean, "1e+16" and "1e16" one
+# number). A column of any other type, text first of all, gets the JSON text itself.
+_PARSED_TYPES = frozenset(
+    {
+        "boolean",
+        "smallint",
+        "integer",
+        "bigint",
+        "numeric",
+        "real",
+        "double precision",
+        "date",
+        "timestamp with time zone",
+        "timestamp without time zone",
+        "time with time zone",
+        "time without time zone",
+        "uuid",
+    }
+)
+# COPY takes values, not now(); these types read the value 'now' as the transaction's start, which
+# is what now() returns.
+_NOW_TYPES = frozenset({"timestamp with time zone", "timestamp without time zone"})
 
 
 def classify_error(exc: psycopg.Error, name: str) -> DestinationError:
@@ -47,6 +94,37 @@ def classify_error(exc: psycopg.Error, name: str) -> DestinationError:
     if state is None or state[:2] in _RETRYABLE_CLASSES:
         return RetryableError(message + (f" (SQLSTATE {state})" if state else ""))
     return PermanentError(f"{message} (SQLSTATE {state})", hint="the target refused these records")
+
+
+def _json_text(value: Any) -> Any:
+    """A value as `r->>i` reads it from the statement's JSON: a string as it is, anything else its JSON."""
+    return value if value.__class__ is str else orjson.dumps(value).decode()
+
+
+def _copy_converter(wire: Callable[[Any], Any] | None, target_type: str) -> Callable[[Any], Any] | None:
+    """How a column's non-null values become COPY values that the target reads as the statement's cast.
+
+    `wire` is the column's converter on the statement path (JSON and array columns). A bytea
+    column gets bytes (psycopg writes them as bytea text), from the base64 the statement decodes.
+    """
+    target_base = base_type(target_type)
+    if target_base in BYTES_TYPES:
+        if wire is None:
+            return lambda value: base64.b64decode(_json_text(value), validate=True)
+        return lambda value: base64.b64decode(_json_text(wire(value)), validate=True)
+    if target_base in _PARSED_TYPES and not target_type.endswith("[]"):
+        return wire
+    if wire is None:
+        return _json_text
+    return lambda value: _json_text(wire(value))
+
+
+class _CopyRefused(Exception):
+    """A COPY failed in a way the statement might not: apply the batch again without COPY."""
+
+    def __init__(self, table: tuple[str, str], error: BaseException) -> None:
+        super().__init__(f"COPY into {table[0]}.{table[1]} failed: {first_line(error)}")
+        self.table = table
 
 
 class PostgresDestination(SqlApplier):
@@ -73,6 +151,11 @@ class PostgresDestination(SqlApplier):
         self.config: PostgresDestinationConfig = config
         self._conn: psycopg.Connection | None = None
         self._known_types: dict[str, bool] = {}
+        self._copy_paused: dict[tuple[str, str], int] = {}  # target table -> steps left without COPY
+        self._copy_allowed = True  # False while a batch is applied again after a refused COPY
+        # (schema, table, key) -> (the column types it was checked with, whether COPY fits the table)
+        self._copy_fits: dict[tuple[str, str, tuple[str, ...]], tuple[dict[str, str], bool]] = {}
+        self.stats.update(rows_copied=0, copy_fallbacks=0)
 
     # -- the Destination protocol ---------------------------------------------------------------
 
@@ -85,10 +168,25 @@ class PostgresDestination(SqlApplier):
     def write(self, batch: Sequence[Delivery]) -> None:
         if not batch:
             return
+        records = list(batch)
         try:
             conn = self._connection()
-            with conn.transaction():
-                self.apply(list(batch))
+            stats = dict(self.stats)
+            self._copy_allowed = True
+            try:
+                with conn.transaction():
+                    self.apply(records)
+            except _CopyRefused as refused:
+                # No savepoint around each COPY (two more round trips per batch): the whole
+                # transaction is rolled back instead, and the batch applied again by statements.
+                self._columns.clear()
+                self.stats.update(stats)  # the first attempt counted rows that are gone again
+                self.stats["copy_fallbacks"] += 1
+                self._copy_paused[refused.table] = COPY_PAUSE_STEPS
+                log.info("destination.copy.refused", extra={"destination": self.name, "error": str(refused)})
+                self._copy_allowed = False
+                with conn.transaction():
+                    self.apply(records)
         except DestinationError:
             self._columns.clear()  # a rolled-back CREATE or ADD COLUMN is gone again
             raise
@@ -159,6 +257,95 @@ class PostgresDestination(SqlApplier):
         if known:
             return source_type
         return "text[]" if source_type.endswith("[]") else "text"
+
+    def _copy_rows(self, step: Step, target: dict[str, str], sources: dict[str, str]) -> bool:
+        """COPY an append step, or an upsert step of inserts only; False: not done.
+
+        The rows of a step have distinct keys (plan() kept the last change of each), so the COPY
+        can only conflict with rows already in the table. Any failure but a lost connection or a
+        transient one (see classify_error) raises _CopyRefused: the batch is then applied again
+        by statements, whose ON CONFLICT handles existing keys, and whose refusal, if any, is the
+        one the destination always gave.
+        """
+        entries = step.row_list()
+        if not self._copy_allowed or len(entries) < COPY_MIN_ROWS:
+            return False
+        if step.kind == "upsert" and not step.inserts_only:
+            return False
+        schema, name = self.target_name(step.table)
+        paused = self._copy_paused.get((schema, name))
+        if paused:
+            self._copy_paused[(schema, name)] = paused - 1
+            return False
+        if self.meta and base_type(target["__ds_synced_at"]) not in _NOW_TYPES:
+            return False
+        if not self._copy_fits_table(schema, name, step.key if step.kind == "upsert" else (), target):
+            return False
+        text_columns: list[int] = []  # only a value that is not a string needs converting
+        convert: list[tuple[int, Callable[[Any], Any]]] = []
+        for i, column in enumerate(step.columns):
+            wire = self._wire_converter(sources.get(column) or target[column])
+            converter = _copy_converter(wire, target[column])
+            if converter is _json_text:
+                text_columns.append(i)
+            elif converter is not None:
+                convert.append((i, converter))
+        columns = step.columns + (META_COLUMNS if self.meta else ())
+        sql = f"COPY {quote(schema)}.{quote(name)} ({', '.join(map(quote, columns))}) FROM STDIN"
+        conn = self._conn
+        assert conn is not None
+        try:
+            with conn.cursor() as cursor, cursor.copy(sql) as copy:
+                write_row = copy.write_row
+                meta = self.meta
+                for values, op, seq in entries:  # the hot loop, as in _write_rows
+                    row = list(values.values())  # in step.columns' order: plan() grouped the rows by it
+                    for i in text_columns:
+                        value = row[i]
+                        if value.__class__ is not str and value is not None:
+                            row[i] = _json_text(value)
+                    for i, converter in convert:
+                        value = row[i]
+                        if value is not None:
+                            row[i] = converter(value)
+                    if meta:
+                        row += ("now", "true" if op == "delete" else "false", op, seq)
+                    write_row(row)
+        except (psycopg.Error, ValueError, TypeError) as exc:
+            # ValueError, TypeError and psycopg errors without a SQLSTATE on a sound connection
+            # are a value COPY could not take (bad base64, a NUL in a string): the statement decides.
+            state = getattr(exc, "sqlstate", None)
+            if conn.broken or (state is not None and state[:2] in _RETRYABLE_CLASSES):
+                raise
+            raise _CopyRefused((schema, name), exc) from exc
+        self.stats["rows_copied"] += len(entries)
+        return True
+
+    def _copy_fits_table(self, schema: str, table: str, key: tuple[str, ...], target: dict[str, str]) -> bool:
+        """Whether a COPY into the table does what the statement would.
+
+        COPY ignores rules (CREATE RULE), so a table with any goes by statement. With a key, the
+        table needs the unique index that the upsert's ON CONFLICT (key) infers: without one the
+        statement fails, and so must the destination. Checked once per table and key, and again
+        whenever `_ensure_table` looked the table up anew (reconnect, failed batch, DDL).
+        """
+        cached = self._copy_fits.get((schema, table, key))
+        if cached is not None and cached[0] is target:
+            return cached[1]
+        rows = self._execute(
+            "SELECT NOT c.relhasrules AND (%s = 0 OR EXISTS (SELECT FROM pg_index i"
+            " WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indisvalid"
+            " AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = %s"
+            ' AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text COLLATE "C")'
+            " FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, n)"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum"
+            " WHERE k.n <= i.indnkeyatts) = %s::text[]))"
+            " FROM pg_class c WHERE c.oid = to_regclass(quote_ident(%s) || '.' || quote_ident(%s))",
+            (len(key), len(key), sorted(key), schema, table),
+        )
+        fits = bool(rows and rows[0][0])
+        self._copy_fits[(schema, table, key)] = (target, fits)
+        return fits
 
     def _raw_ddl(self, change: Change, schema: str, table: str) -> bool:
         """Run the captured statement itself, when that is safe: see docs/destinations/postgres.md.

@@ -9,6 +9,9 @@ JSON-native form the change records hold, and one round trip carries thousands o
 Within an upsert step only the last change per key is kept: the changes of a step write the same
 columns, so the last one alone gives the same row as applying them in turn, and neither
 PostgreSQL nor DuckDB lets one INSERT ... ON CONFLICT touch a row twice.
+
+A dialect may write a step of inserts (or an append step) by a faster path first, see
+`SqlApplier._copy_rows`; the statement above stays the reference for what a step does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ META_COLUMNS = ("__ds_synced_at", "__ds_is_deleted", "__ds_op", "__ds_watermark"
 JSON_TYPES = frozenset({"json", "jsonb"})
 BYTES_TYPES = frozenset({"bytea", "blob"})
 CHUNK_ROWS = 10_000  # rows per statement: one JSON parameter of a few MB at most
+_UNHASHABLE = (dict, list)
 
 
 def quote(name: str) -> str:
@@ -78,19 +82,32 @@ class Step:
     kind: str  # upsert, delete, append, truncate, ddl
     table: str
     source: str
-    columns: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()  # every row's dict has exactly these keys, in this order
     key: tuple[str, ...] = ()
-    rows: dict[bytes, tuple[dict[str, Any], str, int]] = field(default_factory=dict)  # upsert, delete
+    rows: dict[Any, tuple[dict[str, Any], str, int]] = field(default_factory=dict)  # upsert, delete
     appended: list[tuple[dict[str, Any], str, int]] = field(default_factory=list)  # append
     change: Change | None = None  # truncate, ddl
     seq: int = 0
+    inserts_only: bool = True  # upsert: no row of the step comes from an update
 
     def row_list(self) -> list[tuple[dict[str, Any], str, int]]:
         return self.appended if self.kind == "append" else list(self.rows.values())
 
 
-def _key_of(values: dict[str, Any], key: tuple[str, ...]) -> bytes:
-    return orjson.dumps([values.get(name) for name in key])
+def _row_key(values: dict[str, Any], key: tuple[str, ...]) -> Any:
+    """What identifies a row within a step: its key value, or the tuple of them.
+
+    One key column holds one JSON type (it has one PostgreSQL type), so Python's equality of the
+    values is that of their JSON text. A list or dict value is unhashable: its JSON text stands in.
+    """
+    if len(key) == 1:
+        value = values.get(key[0])
+        return orjson.dumps(value) if value.__class__ in _UNHASHABLE else value
+    row = tuple(map(values.get, key))
+    for value in row:
+        if value.__class__ in _UNHASHABLE:
+            return orjson.dumps(row)
+    return row
 
 
 def _old_key(change: Change, key: tuple[str, ...]) -> dict[str, Any] | None:
@@ -112,6 +129,50 @@ def plan(batch: list[Delivery], *, append: bool, stats: dict[str, int]) -> Itera
     for delivery in batch:
         change, seq = delivery.change, delivery.seq
         op = change.op
+        # Inserts and updates in target mode come first: they are nearly every row, and this loop
+        # runs once per row, so the common case takes the fewest tests.
+        if not append and (op == "insert" or op == "snapshot" or op == "update"):
+            after = change.after
+            if after is None:
+                raise PermanentError(f"{op} on {change.table} carries no row (after is null)")
+            key = tuple(change.key) if change.key else ()
+            if op == "update":
+                if not key:
+                    raise PermanentError(f"update on {change.table} carries no key: target mode needs one")
+                old = _old_key(change, key)
+                if old is not None:  # the key changed: the old row goes first
+                    if step is not None:
+                        yield step
+                    step = None
+                    yield Step(
+                        "delete",
+                        change.table,
+                        change.source,
+                        key=key,
+                        rows={_row_key(old, key): (old, op, seq)},
+                    )
+            columns = tuple(after)
+            if (
+                step is None
+                or step.columns != columns
+                or step.table != change.table
+                or step.key != key
+                or step.kind != "upsert"
+            ):
+                if step is not None:
+                    yield step
+                step = Step("upsert", change.table, change.source, columns, key)
+            if op == "update":
+                step.inserts_only = False
+            rows = step.rows
+            if len(key) == 1:  # _row_key, inlined for the usual one-column key
+                value = after.get(key[0])
+                rows[orjson.dumps(value) if value.__class__ in _UNHASHABLE else value] = (after, op, seq)
+            elif key:
+                rows[_row_key(after, key)] = (after, op, seq)
+            else:  # no key: nothing to dedupe on, every row is inserted
+                rows[len(rows)] = (after, op, seq)
+            continue
         if op == "message":
             stats["messages_ignored"] += 1
             continue
@@ -135,45 +196,17 @@ def plan(batch: list[Delivery], *, append: bool, stats: dict[str, int]) -> Itera
                 step = Step("append", change.table, change.source, columns, key)
             step.appended.append((values, op, seq))
             continue
-        if op == "delete":
-            old = change.key or change.before
-            if not key or not old:
-                raise PermanentError(f"delete on {change.table} carries no key: target mode needs one")
-            row = {name: old.get(name) for name in key}
-            if step is None or (step.kind, step.table, step.key) != ("delete", change.table, key):
-                if step is not None:
-                    yield step
-                step = Step("delete", change.table, change.source, key=key)
-            step.rows[_key_of(row, key)] = (row, op, seq)
-            continue
-        after = change.after
-        if after is None:
-            raise PermanentError(f"{op} on {change.table} carries no row (after is null)")
-        if op == "update":
-            if not key:
-                raise PermanentError(f"update on {change.table} carries no key: target mode needs one")
-            old = _old_key(change, key)
-            if old is not None:  # the key changed: the old row goes first
-                if step is not None:
-                    yield step
-                step = None
-                yield Step(
-                    "delete", change.table, change.source, key=key, rows={_key_of(old, key): (old, op, seq)}
-                )
-        columns = tuple(after)
-        if step is None or (step.kind, step.table, step.columns, step.key) != (
-            "upsert",
-            change.table,
-            columns,
-            key,
-        ):
+        if op != "delete":
+            raise PermanentError(f"unknown op {op!r} on {change.table}")
+        old = change.key or change.before
+        if not key or not old:
+            raise PermanentError(f"delete on {change.table} carries no key: target mode needs one")
+        row = {name: old.get(name) for name in key}
+        if step is None or (step.kind, step.table, step.key) != ("delete", change.table, key):
             if step is not None:
                 yield step
-            step = Step("upsert", change.table, change.source, columns, key)
-        if key:
-            step.rows[_key_of(after, key)] = (after, op, seq)
-        else:  # no key: nothing to dedupe on, every row is inserted
-            step.rows[orjson.dumps(len(step.rows))] = (after, op, seq)
+            step = Step("delete", change.table, change.source, key=key)
+        step.rows[_row_key(row, key)] = (row, op, seq)
     if step is not None:
         yield step
 
@@ -244,8 +277,8 @@ def new_stats() -> dict[str, int]:
 class SqlApplier(ABC):
     """The apply logic over a SQL connection; a subclass supplies the dialect and the connection.
 
-    Subclass hooks: `_execute`, `_begin`/`_commit`/`_rollback`, `_target_columns`, `_map_type`,
-    `_bytes_expr`, `_array_text`, `_classify`, `_raw_ddl`, and the class attributes below.
+    Subclass hooks: `_execute`, `_target_columns`, `_map_type`, `_bytes_expr`, `_array_text`,
+    `_rows_from`, `_wire_converter`, `_raw_ddl`, `_copy_rows`, and the class attributes below.
     """
 
     placeholder = "%s"
@@ -291,6 +324,14 @@ class SqlApplier(ABC):
         """Each database dialect defines this."""
 
     def _raw_ddl(self, change: Change, schema: str, table: str) -> bool:
+        return False
+
+    def _copy_rows(self, step: Step, target: dict[str, str], sources: dict[str, str]) -> bool:
+        """Write an upsert or append step by a faster path than the statement; False: not written.
+
+        Called after the table has all the step's columns; `target` and `sources` are the target's
+        and the source's column types. The default has no faster path.
+        """
         return False
 
     def _position_table(self) -> tuple[str | None, str]:
@@ -355,13 +396,18 @@ class SqlApplier(ABC):
     def apply(self, batch: list[Delivery]) -> None:
         """Apply the records past the stored position, and store the new position."""
         done = self._read_position(lock=True)
-        todo = [delivery for delivery in batch if delivery.seq > done]
-        self.stats["records_skipped"] += len(batch) - len(todo)
-        if not todo:
-            return
+        seqs = [delivery.seq for delivery in batch]
+        if seqs and min(seqs) > done:  # the usual case: the sender sends only records past the position
+            todo, last = batch, max(seqs)
+        else:
+            todo = [delivery for delivery in batch if delivery.seq > done]
+            self.stats["records_skipped"] += len(batch) - len(todo)
+            if not todo:
+                return
+            last = max(delivery.seq for delivery in todo)
         for step in plan(todo, append=self.append, stats=self.stats):
             getattr(self, f"_step_{step.kind}")(step)
-        self._save_position(max(delivery.seq for delivery in todo))
+        self._save_position(last)
         self.stats["batches"] += 1
 
     @abstractmethod
@@ -389,7 +435,7 @@ class SqlApplier(ABC):
         return None
 
     def _ensure_table(
-        self, step: Step, columns: tuple[str, ...], rows: list[dict[str, Any]]
+        self, step: Step, columns: tuple[str, ...], entries: list[tuple[dict[str, Any], str, int]]
     ) -> dict[str, str]:
         """The target's column types, after creating the table or adding missing columns."""
         schema, name = self.target_name(step.table)
@@ -405,7 +451,9 @@ class SqlApplier(ABC):
             if column in META_COLUMNS:
                 types[column] = self.meta_types[column]
             else:
-                types[column] = self._column_type(column, sources, [row.get(column) for row in rows])
+                types[column] = self._column_type(
+                    column, sources, [row.get(column) for row, _op, _seq in entries]
+                )
         if target is None:
             if not self.config.create_tables:
                 raise PermanentError(
@@ -441,8 +489,10 @@ class SqlApplier(ABC):
 
     def _write_rows(self, step: Step, conflict: str) -> None:
         entries = step.row_list()
-        target = self._ensure_table(step, step.columns, [values for values, _op, _seq in entries])
+        target = self._ensure_table(step, step.columns, entries)
         sources = self.source_types(step.source, step.table)
+        if self._copy_rows(step, target, sources):
+            return
         schema, name = self.target_name(step.table)
         columns = list(step.columns)
         exprs = [self._value_expr(i, target[c]) for i, c in enumerate(columns)]
@@ -458,7 +508,7 @@ class SqlApplier(ABC):
         ]
         rows = []
         for values, op, seq in entries:  # the hot loop: one list per row, converters only where needed
-            row = [values.get(c) for c in step.columns]
+            row = list(values.values())  # in step.columns' order: plan() grouped the rows by it
             for i, converter in convert:
                 if row[i] is not None:
                     row[i] = converter(row[i])
