@@ -8,7 +8,7 @@ docs/configuration.md documents every option.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -64,12 +64,24 @@ class RetryConfig(_Options):
 
 
 class _DestinationBase(_Options):
+    # Batch limits this type starts from; `[destinations.batch]` overrides them one by one.
+    BATCH_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
     name: SourceName
-    batch: BatchConfig = Field(default_factory=BatchConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig, validate_default=True)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     tables: list[str] = Field(
         default_factory=list
     )  # deliver only these tables ("schema.name"); empty: every table
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _type_batch_defaults(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {**cls.BATCH_DEFAULTS, **value}
+        if isinstance(value, BatchConfig) and not value.model_fields_set:  # the default
+            return BatchConfig(**cls.BATCH_DEFAULTS)
+        return value
 
 
 class HttpDestinationConfig(_DestinationBase):
@@ -114,6 +126,9 @@ class FileDestinationConfig(_DestinationBase):
 class PostgresDestinationConfig(_DestinationBase):
     """`type = "postgres"`: apply changes to tables in another PostgreSQL database."""
 
+    # A database applies a big batch in one transaction for about the cost of a small one.
+    BATCH_DEFAULTS: ClassVar[dict[str, Any]] = {"max_records": 10_000, "max_bytes": 16 * 1024 * 1024}
+
     type: Literal["postgres"]
     dsn: NonEmpty
     schema_name: str | None = Field(None, alias="schema")  # None: the source's schema
@@ -128,6 +143,9 @@ class PostgresDestinationConfig(_DestinationBase):
 
 class DuckDbDestinationConfig(_DestinationBase):
     """`type = "duckdb"`: the same semantics as postgres, into a local DuckDB file."""
+
+    # A database applies a big batch in one transaction for about the cost of a small one.
+    BATCH_DEFAULTS: ClassVar[dict[str, Any]] = {"max_records": 10_000, "max_bytes": 16 * 1024 * 1024}
 
     type: Literal["duckdb"]
     path: Path

@@ -367,3 +367,25 @@ def test_a_file_that_is_not_utf8_is_refused(config_file, tmp_path):
     (tmp_path / "config.toml").write_bytes(b'data_dir = "\xff"\n')
     with pytest.raises(ConfigError, match=r"^config\.toml: not UTF-8 text$"):
         load_config("config.toml", environ={})
+
+
+def test_database_destinations_batch_bigger_and_keep_their_defaults_under_a_partial_override():
+    from agent.config_destinations import (
+        DuckDbDestinationConfig,
+        HttpDestinationConfig,
+        PostgresDestinationConfig,
+    )
+
+    pg = PostgresDestinationConfig(name="copy", type="postgres", dsn="postgresql:///x")
+    assert (pg.batch.max_records, pg.batch.max_bytes) == (10_000, 16 << 20)
+    tuned = PostgresDestinationConfig(
+        name="copy", type="postgres", dsn="postgresql:///x", batch={"linger": 1}
+    )
+    assert (tuned.batch.max_records, tuned.batch.linger) == (10_000, 1.0)
+    assert (
+        DuckDbDestinationConfig(
+            name="d", type="duckdb", path="x.db", batch={"max_records": 7}
+        ).batch.max_records
+        == 7
+    )
+    assert HttpDestinationConfig(name="h", type="http", url="http://x").batch.max_records == 500
