@@ -40,7 +40,8 @@ START_MARKER = "<!-- sender-bench:start -->"
 END_MARKER = "<!-- sender-bench:end -->"
 
 RECORDS = 100_000
-BATCH = 500
+HTTP_BATCH = HttpDestinationConfig(name="x", type="http", url="http://x").batch.max_records
+PG_BATCH = PostgresDestinationConfig(name="x", type="postgres", dsn="x").batch.max_records
 ROUNDS = 3
 TARGET = 0.70  # the sender issue: at least 70 % of each ceiling
 
@@ -48,10 +49,10 @@ HOW_TO_READ = f"""\
 Target (the sender issue): the sender reaches at least {TARGET:.0%} of each ceiling.
 
 How to read this: {RECORDS:,} change records of a six-column table (int key, text, numeric,
-timestamptz, bool, int) sit in a log; each round drains them to a fresh destination with
-batches of {BATCH} records and no linger, timed from the sender's start to its cursor passing the
-last record (so reading the log, decoding, encoding, sending and committing the cursor are all
-inside). (a) The receiver is `http.server` on loopback answering 200 to every POST; the ceiling
+timestamptz, bool, int) sit in a log; each round drains them to a fresh destination with each
+type's default batch limits ({HTTP_BATCH:,} records for HTTP, {PG_BATCH:,} for PostgreSQL) and no
+linger, timed from the sender's start to its cursor passing the last record (so reading the log,
+decoding, encoding, sending and committing the cursor are all inside). (a) The receiver is `http.server` on loopback answering 200 to every POST; the ceiling
 posts the very batches the sender would send (`format = "json"`, encoded before the clock
 starts) through one httpx client to the same receiver. (b) One private PostgreSQL 15 (fsync off,
 as in the test suite); the ceiling COPYs the same rows (as text) into an identical table in one
@@ -120,13 +121,13 @@ def _fill_log(path: str, changes: list[Change]) -> list[int]:
         return seqs
 
 
-def _drain(log_dir: str, destination: object, workdir: str, last: int) -> float:
+def _drain(log_dir: str, destination: object, batch: BatchConfig, workdir: str, last: int) -> float:
     with wal.open(log_dir, fsync="always", auto_archive=False) as log:
         sender = Sender(
             log,
             destination,  # type: ignore[arg-type]
             DeadLetters(os.path.join(workdir, "dlq-data")),
-            batch=BatchConfig(max_records=BATCH, max_bytes=64 << 20, linger=0),
+            batch=batch.model_copy(update={"linger": 0}),
             retry=RetryConfig(initial_delay=0.1, max_delay=1.0),
         )
         name = cursor_name(destination.name)  # type: ignore[attr-defined]
@@ -183,7 +184,7 @@ def run(workdir: str) -> tuple[list[Row], list[str]]:
     seqs = _fill_log(log_dir, changes)
     deliveries = [Delivery(s, c, idempotency_key(c, s), 0, 0) for s, c in zip(seqs, changes, strict=True)]
     fmt = JsonFormat()
-    batches = [deliveries[i : i + BATCH] for i in range(0, len(deliveries), BATCH)]
+    batches = [deliveries[i : i + HTTP_BATCH] for i in range(0, len(deliveries), HTTP_BATCH)]
     bodies = [fmt.encode(b) for b in batches]
     from agent.delivery import batch_idempotency_key
 
@@ -207,10 +208,11 @@ def run(workdir: str) -> tuple[list[Row], list[str]]:
             step(f"(a) round {round_ + 1}/{ROUNDS}: bare httpx loop")
             http_bare.append(Rate(RECORDS, body_bytes, _http_bare(url, bodies, keys)))
             step(f"(a) round {round_ + 1}/{ROUNDS}: the sender to http")
-            dest = HttpDestination(
-                HttpDestinationConfig(name=f"http{round_}", type="http", url=url, timeout=30)
+            http_config = HttpDestinationConfig(name=f"http{round_}", type="http", url=url, timeout=30)
+            dest = HttpDestination(http_config)
+            http_sender.append(
+                Rate(RECORDS, body_bytes, _drain(log_dir, dest, http_config.batch, workdir, seqs[-1]))
             )
-            http_sender.append(Rate(RECORDS, body_bytes, _drain(log_dir, dest, workdir, seqs[-1])))
             step(f"(b) round {round_ + 1}/{ROUNDS}: bare COPY")
             pg_bare.append(Rate(RECORDS, payload_bytes, _copy_bare(dsn, rows)))
             step(f"(b) round {round_ + 1}/{ROUNDS}: the sender to postgres")
@@ -222,7 +224,7 @@ def run(workdir: str) -> tuple[list[Row], list[str]]:
                 Rate(
                     RECORDS,
                     payload_bytes,
-                    _drain(log_dir, PostgresDestination(config, None), workdir, seqs[-1]),
+                    _drain(log_dir, PostgresDestination(config, None), config.batch, workdir, seqs[-1]),
                 )
             )
     finally:
