@@ -17,6 +17,7 @@ is resumed after that position instead, which makes it exactly-once.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -48,6 +49,7 @@ log = logging.getLogger("agent.sender")
 
 _STOP_CHECK_S = 0.5  # an idle sender looks at the stop flag this often
 CURSOR_COMMIT_INTERVAL_S = 0.2
+_PAYLOAD = operator.itemgetter(2)  # a wal Record's payload, for C-level loops over a batch
 
 
 def cursor_name(destination: str) -> str:
@@ -251,7 +253,7 @@ class Sender:
                     return batch  # idle: let the caller check the stop flag
                 continue
             batch.records.extend(records)
-            size += sum(len(record.payload) for record in records)
+            size += sum(map(len, map(_PAYLOAD, records)))
             if deadline is None:
                 deadline = time.monotonic() + config.linger
         return batch
