@@ -11,27 +11,17 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
+from .chunk import ChunkReader, Record
 from .errors import BadHeader
 from .format import HEADER_SIZE
 from .fs import FileSystem
 from .layout import SegmentFile, list_segments
-from .scan import DEFAULT_MAX_RECORD_BYTES, Damage, RawRecord, scan_records
+from .scan import DEFAULT_MAX_RECORD_BYTES, Damage, RawRecord
 from .segment import open_segment
 
 log = logging.getLogger("wal")
-
-
-class Record(NamedTuple):
-    """One record read from the log, and where it lives."""
-
-    seq: int
-    timestamp_ms: int
-    payload: bytes
-    path: str  # the segment or archive file holding it
-    offset: int  # byte offset in the (uncompressed) segment
-    archived: bool
 
 
 @dataclass(frozen=True)
@@ -69,8 +59,8 @@ class SegmentWalker:
         self._offset = HEADER_SIZE
         self._expected_seq: int | None = None  # sequence the next record in this segment must carry
         self._stream_cm = None
-        self._stream: BinaryIO | None = None
-        self._stream_end: int | None = None  # where the open stream was told the data ends
+        self._reader: ChunkReader | None = None  # the open segment, read a chunk at a time
+        # Once the reader meets anything but intact records, the rest of the segment is scanned.
         self._items: Iterator[RawRecord | Damage] | None = None
         self._listing: list[SegmentFile] = []  # the last directory listing; refreshed at its end
         self._looked_again = False  # whether the current segment's end was read a second time
@@ -92,22 +82,39 @@ class SegmentWalker:
         out: list[Record] = []
         size = 0
         visible = self._limit() if self._limit is not None else None
-        if (
-            self._items is not None
-            and self._stream_end is not None
-            and self._stream_end != self._end_for(visible)
-        ):
+        if self._reader is not None and self._reader.end is not None:
             # A stream left open at the end a writer had published then: that end has moved (or
-            # the segment is sealed), so reopen at the saved offset rather than stop short at it
-            # and mistake the rest of the segment for missing.
-            self._close_stream()
+            # the segment is sealed), so read on to the new end rather than stop short at the old
+            # one and mistake the rest of the segment for missing.
+            end = self._end_for(visible)
+            if end != self._reader.end:
+                if self._items is None and (end is None or end > self._reader.end):
+                    self._reader.end = end  # the bytes read so far stay valid
+                else:
+                    self._close_stream()  # scan_records keeps its end: reopen at the saved offset
         while len(out) < max_records and size < max_bytes:
             if visible is not None and self.next_seq > visible.durable_seq:
                 break
-            if self._items is None and not self._open(visible):
+            if self._reader is None and not self._open(visible):
                 break
-            assert self._items is not None and self._segment is not None
-            item = next(self._items, None)
+            assert self._reader is not None and self._segment is not None
+            if self._items is None:
+                # The common case: runs of intact records, straight from the reader's chunk.
+                records, records_bytes = self._reader.read_intact(
+                    self.next_seq,
+                    max_records - len(out),
+                    max_bytes - size,
+                    visible.durable_seq if visible is not None else 1 << 62,
+                )
+                self._offset, self._expected_seq = self._reader.offset, self._reader.expected_seq
+                if records:
+                    out += records
+                    size += records_bytes
+                    self.next_seq = records[-1].seq + 1
+                    continue
+                if not self._reader.at_end:  # anything unusual is scanned record by record, as always
+                    self._items = self._reader.scan_rest()
+            item = next(self._items, None) if self._items is not None else None
             if item is None:
                 if self._is_live_end(visible):
                     self._close_stream()  # resume at self._offset when more is durable
@@ -194,7 +201,7 @@ class SegmentWalker:
         return None
 
     def _open_stream(self, end: int | None) -> None:
-        assert self._segment is not None
+        assert self._segment is not None and self._expected_seq is not None
         self._stream_cm = open_segment(self._segment.path, self._fs)
         stream = self._stream_cm.__enter__()
         try:
@@ -202,20 +209,19 @@ class SegmentWalker:
         except BaseException:
             self._close_stream()
             raise
-        self._stream = stream
-        self._stream_end = end
-        self._items = scan_records(
+        self._reader = ChunkReader(
             stream,
-            start_offset=self._offset,
-            end_offset=end,
+            self._offset,
+            end,
+            self._expected_seq,
             max_record_bytes=self._max_record_bytes,
-            first_seq=self._expected_seq,
+            path=self._segment.path,
+            archived=self._segment.archived,
         )
 
     def _close_stream(self) -> None:
         self._items = None
-        self._stream = None
-        self._stream_end = None
+        self._reader = None
         if self._stream_cm is not None:
             cm, self._stream_cm = self._stream_cm, None
             cm.__exit__(None, None, None)

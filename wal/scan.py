@@ -63,12 +63,12 @@ class _Window:
 
     __slots__ = ("base", "buf", "chunk", "end", "eof", "stream")
 
-    def __init__(self, stream: BinaryIO, base: int, end: int | None, chunk: int) -> None:
+    def __init__(self, stream: BinaryIO, base: int, end: int | None, chunk: int, buffered: bytes) -> None:
         self.stream = stream
         self.base = base
         self.end = end
         self.chunk = chunk
-        self.buf = bytearray()
+        self.buf = bytearray(buffered)
         self.eof = False
 
     def fill(self, upto: int) -> int:
@@ -101,14 +101,16 @@ def scan_records(
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     first_seq: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    buffered: bytes = b"",
 ) -> Iterator[RawRecord | Damage]:
     """Yield every intact record and every damaged region from `stream`, in file order.
 
-    `stream` is positioned at file offset `start_offset`; reading stops at `end_offset` when given
-    (the durable end of a segment still being written). With `first_seq`, records must carry
-    contiguous sequence numbers from it, and a jump is reported as Damage.
+    The data starts at file offset `start_offset` with the bytes `buffered` (already read from
+    `stream`), then `stream`'s; reading stops at `end_offset` when given (the durable end of a
+    segment still being written). With `first_seq`, records must carry contiguous sequence
+    numbers from it, and a jump is reported as Damage.
     """
-    window = _Window(stream, start_offset, end_offset, chunk_bytes)
+    window = _Window(stream, start_offset, end_offset, chunk_bytes, buffered)
     pos = start_offset
     expected = first_seq
     last_seq: int | None = None if first_seq is None else first_seq - 1
