@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import wal
 from tests.corruption import flip_byte, overwrite, truncate_at
 from tests.test_scan import CHUNK_SIZES, MAX_RECORD_BYTES, build_segment, scan
+from wal import chunk
 from wal.chunk import ChunkReader, Record, parse_intact
 from wal.format import (
     CRC,
@@ -306,3 +307,28 @@ def test_a_read_from_before_the_first_segment_starts_at_its_first_record(log_dir
         tail = log.tail(1)
         assert [r.seq for r in tail.next_batch(1, timeout_s=0)] == [1_000_000]
         tail.close()
+
+
+def test_the_c_loop_is_built_here() -> None:
+    assert chunk.native, "wal._scan was not compiled: `make install` builds it (needs gcc and Python headers)"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    segment=segments(),
+    first_seq_shift=st.integers(-1, 1),
+    max_record_bytes=st.sampled_from([MAX_RECORD_BYTES, 100]),
+    start=st.integers(0, 200),
+    stop=st.integers(0, 1 << 16),
+    count=st.integers(0, 50),
+)
+def test_the_c_loop_gives_what_the_python_reference_gives(
+    segment: Segment, first_seq_shift: int, max_record_bytes: int, start: int, stop: int, count: int
+) -> None:
+    data = segment.data[HEADER_SIZE : segment.end_offset]
+    first_seq = segment.first_seq + first_seq_shift
+    for pos in (0, min(start, len(data))):  # from a record's start, and from anywhere
+        args = (data, pos, first_seq, first_seq + count, stop, max_record_bytes, "seg", False, 16)
+        native = parse_intact(*args)
+        assert native == chunk.python_parse_intact(*args)
+        assert all(type(record) is Record for record in native[0])
