@@ -30,6 +30,12 @@ import orjson
 
 from .idempotency import row_key
 
+try:  # the same bytes as the dict below, built in C with the key: the capture source's hot path
+    from ._wire import row_record as _row_record
+except ImportError:
+    _row_record = None
+_SORTED = orjson.OPT_SORT_KEYS
+
 __all__ = [
     "CHANGE_MAGIC",
     "CHANGE_VERSION",
@@ -211,6 +217,26 @@ def encode_row_change(
     """
     if op not in _OP_CODES:
         raise ChangeFormatError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    if _row_record is not None:
+        try:
+            key_json = None if key is None else orjson.dumps(key)
+            # One scalar key column (the usual primary key) is its own sorted form.
+            sorted_key = key_json if key is None or _one_scalar(key) else orjson.dumps(key, option=_SORTED)
+            return _row_record(  # type: ignore[no-any-return]
+                op,
+                table,
+                source,
+                lsn,
+                commit_lsn,
+                xid,
+                commit_ts,
+                txn_index,
+                key_json,
+                orjson.dumps(after),
+                sorted_key,
+            )
+        except (TypeError, ValueError) as exc:  # orjson's errors, and the C side's type checks
+            raise ChangeFormatError(f"change of {table!r} is not JSON-encodable: {exc}") from None
     try:
         return _PREFIX_V2 + orjson.dumps(
             {
@@ -234,6 +260,14 @@ def encode_row_change(
         )
     except (TypeError, AttributeError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise ChangeFormatError(f"change of {table!r} is not JSON-encodable: {exc}") from None
+
+
+def _one_scalar(key: dict[str, Any]) -> bool:
+    if len(key) != 1:
+        return False
+    for value in key.values():
+        return value.__class__ is int or value.__class__ is str
+    return False
 
 
 def stored_idempotency_key(payload: bytes) -> str | None:

@@ -393,3 +393,45 @@ def test_from_dict_fills_defaults() -> None:
 def test_orjson_would_hide_nan_so_types_must_not_make_it() -> None:
     # The reason agent.sources.postgres.types keeps "NaN" and "Infinity" as strings.
     assert orjson.dumps(float("nan")) == b"null"
+
+
+@settings(max_examples=500)
+@given(changes.filter(lambda c: c.after is not None))
+def test_the_row_encoder_makes_the_bytes_encode_change_makes(change: Change) -> None:
+    """agent._wire builds row payloads in C; they must be encode_change's bytes exactly."""
+    change.before, change.unchanged, change.message = None, [], None
+    made = encode_row_change(
+        change.op,
+        change.table,
+        change.source,
+        change.lsn,
+        change.commit_lsn,
+        change.xid,
+        change.commit_ts,
+        change.txn_index,
+        change.key,
+        change.after,  # type: ignore[arg-type]
+    )
+    assert made == encode_change(change)
+    assert decode_change(made) == change
+
+
+@settings(max_examples=300)
+@given(st.text(), st.text(), rows, lsns)
+def test_the_c_digest_is_blake2b(source: str, table: str, key: dict, lsn: str) -> None:
+    from agent import idempotency
+
+    assert idempotency.row_key(source, table, key, lsn) == idempotency._digest(
+        "k", source, table, orjson.dumps(key, option=orjson.OPT_SORT_KEYS), lsn
+    )
+    assert idempotency.sequence_key(source, 7) == idempotency._digest("s", source, "7")
+
+
+def test_the_row_encoder_refuses_what_encode_change_refuses() -> None:
+    for after in ({"blob": b"\x00"}, {"huge": 2**64}, {"text": "\ud800"}):
+        with pytest.raises(ChangeFormatError, match="not JSON-encodable"):
+            encode_row_change("insert", "t", "s", "0/1", "0/1", 1, None, 0, {"id": 1}, after)
+    with pytest.raises(ChangeFormatError, match="not JSON-encodable"):
+        encode_row_change("insert", "t\ud800", "s", "0/1", "0/1", 1, None, 0, {"id": 1}, {"id": 1})
+    with pytest.raises(ChangeFormatError, match="unknown op"):
+        encode_row_change("upsert", "t", "s", "0/1", "0/1", 1, None, 0, {"id": 1}, {"id": 1})
