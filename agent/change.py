@@ -220,8 +220,12 @@ def encode_row_change(
     if _row_record is not None:
         try:
             key_json = None if key is None else orjson.dumps(key)
-            # One scalar key column (the usual primary key) is its own sorted form.
-            sorted_key = key_json if key is None or _one_scalar(key) else orjson.dumps(key, option=_SORTED)
+            # One key column holding no object (the usual primary key) is its own sorted form.
+            sorted_key = (
+                key_json
+                if key_json is None or (len(key) == 1 and key_json.find(b"{", 1) < 0)  # type: ignore[arg-type]
+                else orjson.dumps(key, option=_SORTED)
+            )
             return _row_record(  # type: ignore[no-any-return]
                 op,
                 table,
@@ -260,14 +264,6 @@ def encode_row_change(
         )
     except (TypeError, AttributeError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise ChangeFormatError(f"change of {table!r} is not JSON-encodable: {exc}") from None
-
-
-def _one_scalar(key: dict[str, Any]) -> bool:
-    if len(key) != 1:
-        return False
-    for value in key.values():
-        return value.__class__ is int or value.__class__ is str
-    return False
 
 
 def stored_idempotency_key(payload: bytes) -> str | None:
