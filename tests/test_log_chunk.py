@@ -332,3 +332,26 @@ def test_the_c_loop_gives_what_the_python_reference_gives(
         native = parse_intact(*args)
         assert native == chunk.python_parse_intact(*args)
         assert all(type(record) is Record for record in native[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=300), max_size=20),
+    first_seq=st.integers(1, 2**62),
+    timestamp_ms=st.integers(0, 2**62),
+    used=st.integers(0, 40),
+)
+def test_records_framed_in_c_are_the_records_encode_record_makes(
+    payloads: list[bytes], first_seq: int, timestamp_ms: int, used: int
+) -> None:
+    from wal import pending
+
+    assert pending._frame_into is not None, "wal._scan was not compiled"
+    queue = pending.PendingRecords()
+    queue.buffer[:used] = b"x" * used
+    queue.used = used
+    size = sum(RECORD_OVERHEAD + len(p) for p in payloads)
+    queue.add_batch(payloads, first_seq, timestamp_ms, size)
+    expected = b"".join(encode_record(first_seq + i, timestamp_ms, p) for i, p in enumerate(payloads))
+    assert bytes(queue.buffer[: queue.used]) == b"x" * used + expected
+    assert queue.count == len(payloads)

@@ -1,4 +1,5 @@
-/* wal._scan: the read path's inner loop (wal.chunk.parse_intact) in C.
+/* wal._scan: the inner loops of the read path (wal.chunk.parse_intact) and of appending
+ * (frame_into, for wal.pending.PendingRecords.add_batch) in C.
  *
  * parse_intact(buf, pos, first_seq, last_seq, stop, max_record_bytes, path, archived, base,
  *              record_type, crc, residue) -> (records, pos)
@@ -103,7 +104,73 @@ fail:
     return NULL;
 }
 
+static void put_le(unsigned char *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* frame_into(buffer, used, payloads, first_seq, timestamp_ms, status, crc) -> used
+ *
+ * The write side: each payload framed as a record (length, seq, status, 3 zero bytes, timestamp,
+ * payload, CRC) into the bytearray `buffer` from index `used`, sequences from first_seq; the CRC
+ * is `crc(view of the record from after its length field to before the CRC, 0)`, the same call the
+ * read side checks with. The caller has made room (wal.pending.PendingRecords.add_batch). */
+static PyObject *frame_into(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *buffer, *payloads, *crc;
+    Py_ssize_t used;
+    long long first_seq, timestamp_ms;
+    int status;
+    if (!PyArg_ParseTuple(args, "O!nO!LLiO", &PyByteArray_Type, &buffer, &used, &PyList_Type, &payloads, &first_seq,
+                          &timestamp_ms, &status, &crc))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(payloads), need = used;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *payload = PyList_GET_ITEM(payloads, i);
+        if (!PyBytes_Check(payload)) {
+            PyErr_SetString(PyExc_TypeError, "payloads must be bytes");
+            return NULL;
+        }
+        need += RECORD_OVERHEAD + PyBytes_GET_SIZE(payload);
+    }
+    if (used < 0 || need > PyByteArray_GET_SIZE(buffer)) {
+        PyErr_SetString(PyExc_ValueError, "the buffer has no room for these records");
+        return NULL;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL) return NULL;
+    unsigned char *base = (unsigned char *)PyByteArray_AS_STRING(buffer);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *payload = PyList_GET_ITEM(payloads, i);
+        Py_ssize_t n = PyBytes_GET_SIZE(payload), length = RECORD_OVERHEAD + n;
+        unsigned char *p = base + used;
+        put_le(p, (uint64_t)length, 4);
+        put_le(p + 4, (uint64_t)(first_seq + i), 8);
+        p[12] = (unsigned char)status;
+        p[13] = p[14] = p[15] = 0;
+        put_le(p + 16, (uint64_t)timestamp_ms, 8);
+        memcpy(p + PREFIX_SIZE, PyBytes_AS_STRING(payload), (size_t)n);
+        PyObject *region = PyMemoryView_FromMemory((char *)p + 4, length - 12, PyBUF_READ);
+        if (region == NULL) goto fail;
+        PyObject *crc_args[2] = {region, zero};
+        PyObject *computed = PyObject_Vectorcall(crc, crc_args, 2, NULL);
+        Py_DECREF(region);
+        if (computed == NULL) goto fail;
+        unsigned long long value = PyLong_AsUnsignedLongLong(computed);
+        Py_DECREF(computed);
+        if (value == (unsigned long long)-1 && PyErr_Occurred()) goto fail;
+        put_le(p + length - 8, value, 8);
+        used += length;
+    }
+    Py_DECREF(zero);
+    return PyLong_FromSsize_t(used);
+
+fail:
+    Py_DECREF(zero);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"frame_into", frame_into, METH_VARARGS, "Frame payloads as records into a bytearray (see the comment above it)."},
     {"parse_intact", parse_intact, METH_VARARGS, "wal.chunk.parse_intact in C (see the module comment)."},
     {NULL, NULL, 0, NULL},
 };

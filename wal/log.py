@@ -26,7 +26,7 @@ from .batch import Batch, wait_for_release, waiter_lock
 from .cursor import Cursor, CursorStore
 from .damage import DamageRecorder, DamageReport
 from .errors import InsufficientSpace, LogClosed, RecordTooLarge, WalError
-from .format import RECORD_OVERHEAD, encode_record_parts, slow_crc_warning
+from .format import RECORD_OVERHEAD, slow_crc_warning
 from .fs import OS_FS, FileSystem
 from .layout import CURSOR_DIR, LOCK_FILE, list_segments
 from .options import LogOptions
@@ -181,8 +181,7 @@ class Log(LogWriter, LogArchiver):
                 self._reserve_locked(size)
             seq = self._next_seq
             self._next_seq = seq + 1
-            prefix, crc = encode_record_parts(seq, timestamp_ms, payload)
-            self._pending.add(prefix, payload, crc)
+            self._pending.add_batch([payload], seq, timestamp_ms, size)
             batch = self._batch
             batch.last_seq = seq
             taken, index = self._route_locked(batch, waiter)
@@ -213,10 +212,7 @@ class Log(LogWriter, LogArchiver):
             if self.options.max_unarchived_bytes is not None:
                 self._reserve_locked(total)
             first = self._next_seq
-            add = self._pending.add
-            for offset, payload in enumerate(items):
-                prefix, crc = encode_record_parts(first + offset, timestamp_ms, payload)
-                add(prefix, payload, crc)
+            self._pending.add_batch(items, first, timestamp_ms, total)
             self._next_seq = first + len(items)
             batch = self._batch
             batch.last_seq = self._next_seq - 1

@@ -10,6 +10,13 @@ its buffer back once the data is in the OS. A buffer keeps its size (`len` is it
 
 from __future__ import annotations
 
+from .format import STATUS_PENDING, crc64_direct, encode_record_parts
+
+try:  # framing in C (wal/_scan.c); encode_record_parts is the reference it equals
+    from ._scan import frame_into as _frame_into
+except ImportError:
+    _frame_into = None
+
 INITIAL_BYTES = 256 * 1024
 # A buffer that grew past this (a burst of unwaited appends) is dropped after use rather
 # than kept, so a burst does not pin its memory for the life of the log.
@@ -40,6 +47,21 @@ class PendingRecords:
         buffer[end:stop] = crc
         self.used = stop
         self.count += 1
+
+    def add_batch(self, payloads: list[bytes], first_seq: int, timestamp_ms: int, size: int) -> None:
+        """Frame `payloads` as records with sequences from `first_seq`; `size` is their framed total."""
+        stop = self.used + size
+        if stop > len(self.buffer):
+            self._grow(stop)
+        if _frame_into is not None:
+            self.used = _frame_into(
+                self.buffer, self.used, payloads, first_seq, timestamp_ms, STATUS_PENDING, crc64_direct
+            )
+            self.count += len(payloads)
+            return
+        for offset, payload in enumerate(payloads):
+            prefix, crc = encode_record_parts(first_seq + offset, timestamp_ms, payload)
+            self.add(prefix, payload, crc)
 
     def _grow(self, needed: int) -> bytearray:
         # A new buffer rather than resizing in place: resizing fails while any view is alive.
