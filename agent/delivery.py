@@ -29,7 +29,6 @@ __all__ = [
     "envelope",
     "envelope_json",
     "idempotency_key",
-    "is_envelope_payload",
 ]
 
 _KEY_DIGEST_BYTES = 16
@@ -44,11 +43,6 @@ def idempotency_key(change: Change, seq: int) -> str:
     if change.key is not None and change.lsn is not None:
         return row_key(change.source, change.table, change.key, change.lsn)
     return sequence_key(change.source, seq)
-
-
-def is_envelope_payload(payload: bytes) -> bool:
-    """Whether a payload looks like a version 2 change record (checked at both ends, not parsed)."""
-    return payload[:11] == _V2_START and payload[-1:] == _V2_END
 
 
 class Delivery:
@@ -78,8 +72,8 @@ class Delivery:
     def from_record(cls, seq: int, timestamp_ms: int, payload: bytes) -> Delivery:
         """A delivery of a log record; ChangeFormatError when the payload is not a change.
 
-        A version 2 payload is only checked at its ends here (decoding it is what this path
-        saves); any other payload is decoded at once.
+        A version 2 payload is only checked at its ends here, its first field and its closing
+        brace (decoding it is what this path saves); any other payload is decoded at once.
         """
         if payload.startswith(_V2_START) and payload.endswith(_V2_END):
             return cls(seq, None, None, timestamp_ms, len(payload), payload)
@@ -127,8 +121,8 @@ class Delivery:
             return payload[-34:-2]
         return None
 
-    def __repr__(self) -> str:
-        return f"Delivery(seq={self.seq}, idempotency_key={self.idempotency_key!r})"
+    def __repr__(self) -> str:  # what is known without decoding: repr must not raise
+        return f"Delivery(seq={self.seq}, idempotency_key={self._key!r})"
 
 
 class LogBatch(Sequence[Delivery]):
