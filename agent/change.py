@@ -23,6 +23,7 @@ them, keeping PostgreSQL's "NaN" and "Infinity" as strings instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "encode_row_change",
     "is_change_payload",
     "stored_idempotency_key",
+    "stored_key_bytes",
 ]
 
 OPS = ("insert", "update", "delete", "truncate", "snapshot", "ddl", "message")
@@ -71,9 +73,10 @@ _V2_FIELDS = (
     "message",
     "idempotency_key",
 )
-# A version 2 payload ends with its key: `"idempotency_key":"<32 hex digits>"}` or `...:null}`.
-_KEY_TAIL = b'"idempotency_key":"'
-_KEY_TAIL_AT = -(len(_KEY_TAIL) + 32 + 2)
+# Every version 2 payload starts so (agent._wire checks the same bytes), and ends with its key:
+# `"idempotency_key":"<32 hex digits>"}`, or `...:null}` when the key needs the log sequence.
+ENVELOPE_START = b'\xc1\x02{"table":'
+_STORED_KEY = re.compile(rb'"idempotency_key":"([0-9a-f]{32})"}\Z')
 
 _OP_CODES = {op: code for code, op in enumerate(OPS)}
 
@@ -212,8 +215,8 @@ def encode_row_change(
 ) -> bytes:
     """`encode_change` of a row change that has an `after` row and no before, unchanged or message.
 
-    The same bytes, without building the Change first: a capture source's per-row path, where
-    the Change would be made only to be encoded.
+    The same bytes, built in C without the Change (agent._wire.row_record): a capture source's
+    per-row path. Where the extension was not built, this is encode_change itself.
     """
     if op not in _OP_CODES:
         raise ChangeFormatError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
@@ -241,39 +244,26 @@ def encode_row_change(
             )
         except (TypeError, ValueError) as exc:  # orjson's errors, and the C side's type checks
             raise ChangeFormatError(f"change of {table!r} is not JSON-encodable: {exc}") from None
-    try:
-        return _PREFIX_V2 + orjson.dumps(
-            {
-                "table": table,
-                "op": op,
-                "source": source,
-                "key": key,
-                "before": None,
-                "after": after,
-                "lsn": lsn,
-                "commit_lsn": commit_lsn,
-                "xid": xid,
-                "commit_ts": commit_ts,
-                "unchanged": [],
-                "txn_index": txn_index,
-                "message": None,
-                "idempotency_key": (
-                    row_key(source, table, key, lsn) if key is not None and lsn is not None else None
-                ),
-            }
-        )
-    except (TypeError, AttributeError) as exc:  # orjson.JSONEncodeError is a TypeError
-        raise ChangeFormatError(f"change of {table!r} is not JSON-encodable: {exc}") from None
+    return encode_change(
+        Change(table, op, source, key, None, after, lsn, commit_lsn, xid, commit_ts, [], txn_index)
+    )
+
+
+def stored_key_bytes(payload: bytes) -> bytes | None:
+    """The idempotency key a version 2 payload carries at its end (32 ASCII hex bytes), found
+    without decoding the rest; None for any other payload, and for a change whose key depends on
+    its log sequence. agent._wire applies the same test."""
+    if payload.startswith(ENVELOPE_START):
+        match = _STORED_KEY.search(payload, max(0, len(payload) - 53))
+        if match is not None:
+            return match.group(1)
+    return None
 
 
 def stored_idempotency_key(payload: bytes) -> str | None:
-    """The idempotency key a version 2 payload carries at its end, without decoding the rest.
-
-    None for any other payload, and for a change whose key depends on its log sequence.
-    """
-    if payload[_KEY_TAIL_AT : _KEY_TAIL_AT + len(_KEY_TAIL)] == _KEY_TAIL and payload[-2:] == b'"}':
-        return payload[-34:-2].decode("ascii", "replace")
-    return None
+    """`stored_key_bytes` as a str."""
+    stored = stored_key_bytes(payload)
+    return stored.decode("ascii") if stored is not None else None
 
 
 def decode_change(payload: bytes) -> Change:

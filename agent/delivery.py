@@ -19,7 +19,14 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
-from .change import Change, ChangeFormatError, decode_change, stored_idempotency_key
+from .change import (
+    ENVELOPE_START,
+    Change,
+    ChangeFormatError,
+    decode_change,
+    stored_idempotency_key,
+    stored_key_bytes,
+)
 from .idempotency import row_key, sequence_key
 
 __all__ = [
@@ -33,9 +40,6 @@ __all__ = [
 
 _KEY_DIGEST_BYTES = 16
 # The start and end every version 2 payload has (agent.change writes the fields in this order).
-_V2_START = b'\xc1\x02{"table":'
-_V2_END = b"}"
-_KEY_FIELD = b'"idempotency_key":"'  # 19 bytes, then 32 hex digits and `"}` end the payload
 
 
 def idempotency_key(change: Change, seq: int) -> str:
@@ -75,7 +79,7 @@ class Delivery:
         A version 2 payload is only checked at its ends here, its first field and its closing
         brace (decoding it is what this path saves); any other payload is decoded at once.
         """
-        if payload.startswith(_V2_START) and payload.endswith(_V2_END):
+        if payload.startswith(ENVELOPE_START) and payload.endswith(b"}"):
             return cls(seq, None, None, timestamp_ms, len(payload), payload)
         return cls(seq, decode_change(payload), None, timestamp_ms, len(payload), payload)
 
@@ -116,10 +120,7 @@ class Delivery:
 
     def stored_key_bytes(self) -> bytes | None:
         """The idempotency key as the payload stores it (ASCII bytes), when it does: no decoding."""
-        payload = self.payload
-        if payload is not None and payload[-53:-34] == _KEY_FIELD and payload.startswith(b"\xc1\x02"):
-            return payload[-34:-2]
-        return None
+        return stored_key_bytes(self.payload) if self.payload is not None else None
 
     def __repr__(self) -> str:  # what is known without decoding: repr must not raise
         return f"Delivery(seq={self.seq}, idempotency_key={self._key!r})"

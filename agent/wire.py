@@ -10,14 +10,12 @@ a machine where the extension was not built.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["json_body", "native"]
+from .change import stored_key_bytes
 
-_V2_START = b'\xc1\x02{"table":'
-_KEY_TAIL = re.compile(rb'"idempotency_key":"[0-9a-f]{32}"}\Z')
+__all__ = ["json_body", "native"]
 
 
 def _python_json_body(
@@ -27,10 +25,11 @@ def _python_json_body(
     keys = []
     for record in records:
         seq, payload = record[0], record[2]
-        if not payload.startswith(_V2_START) or _KEY_TAIL.search(payload, len(payload) - 53) is None:
+        key = stored_key_bytes(payload)
+        if key is None:
             return None
         parts.append(b'%b,"seq":%d}' % (payload[2:-1], seq))
-        keys.append(payload[-34:-2])
+        keys.append(key)
     return open + sep.join(parts) + close, b"".join(keys)
 
 
