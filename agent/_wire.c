@@ -439,9 +439,31 @@ static PyObject *key_digest(PyObject *self, PyObject *parts) {
     return PyUnicode_FromStringAndSize(hex, 32);
 }
 
+/* all_envelopes(records) -> bool: every record's payload (item 2) looks like a version 2 change:
+ * it starts like one and ends with its closing brace (what Delivery.from_record checks). */
+static PyObject *all_envelopes(PyObject *self, PyObject *records) {
+    (void)self;
+    if (!PyList_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a list");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) < 3) Py_RETURN_FALSE;
+        PyObject *payload = PyTuple_GET_ITEM(record, 2);
+        if (!PyBytes_Check(payload)) Py_RETURN_FALSE;
+        const char *p = PyBytes_AS_STRING(payload);
+        Py_ssize_t n = PyBytes_GET_SIZE(payload);
+        if (n <= V2_START_LEN || memcmp(p, V2_START, V2_START_LEN) != 0 || p[n - 1] != '}') Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"row_record", (PyCFunction)(void (*)(void))row_record, METH_FASTCALL, "The version 2 payload of a row change (see the comment above it)."},
     {"key_digest", key_digest, METH_O, "key_digest(parts) -> blake2b-128 hex of the parts joined by NUL."},
+    {"all_envelopes", all_envelopes, METH_O,
+     "all_envelopes(records) -> whether every payload is shaped like a version 2 change."},
     {"json_body", json_body, METH_VARARGS,
      "json_body(records, open, sep, close) -> (body, keys) or None: version 2 payloads spliced into one body."},
     {NULL, NULL, 0, NULL},

@@ -127,20 +127,28 @@ class Delivery:
 
 
 class LogBatch(Sequence[Delivery]):
-    """Consecutive log records whose wire body is already made (`agent.wire.json_body`).
+    """Consecutive log records, every one a version 2 change, handed over without decoding them.
 
-    A json or jsonl format sends `body` as it is, and the batch key digests `keys`; no record is
-    decoded. Anything that looks at the records one by one gets Deliveries, made on first use.
-    A slice is a plain list of Deliveries, so a split batch is encoded again from its records.
+    When the sender made the wire body already (`agent.wire.json_body`), a json or jsonl format
+    sends `body` as it is and the batch key digests `keys`; a destination with a path of its own
+    for stored records (the postgres destination's COPY) reads `records`. Anything that looks at
+    the records one by one gets Deliveries, made on first use. A slice is a plain list of
+    Deliveries, so a split batch is encoded again from its records.
     """
 
     __slots__ = ("_deliveries", "body", "format", "keys", "records")
 
-    def __init__(self, records: list[Any], format: str, body: bytes, keys: bytes) -> None:
+    def __init__(
+        self,
+        records: list[Any],
+        format: str | None = None,
+        body: bytes | None = None,
+        keys: bytes | None = None,
+    ) -> None:
         self.records = records  # wal Records: (seq, timestamp_ms, payload, ...)
-        self.format = format  # the format `body` is in: "json" or "jsonl"
+        self.format = format  # the format `body` is in: "json" or "jsonl"; None: no body made
         self.body = body
-        self.keys = keys  # the records' idempotency keys, 32 ASCII bytes each, in order
+        self.keys = keys  # with a body: the records' idempotency keys, 32 ASCII bytes each, in order
         self._deliveries: list[Delivery] | None = None
 
     def deliveries(self) -> list[Delivery]:
@@ -165,7 +173,7 @@ class LogBatch(Sequence[Delivery]):
 
 def batch_idempotency_key(deliveries: Iterable[Delivery]) -> str:
     """One key for a whole batch (the HTTP `Idempotency-Key` header): a digest of its records' keys."""
-    if isinstance(deliveries, LogBatch):
+    if isinstance(deliveries, LogBatch) and deliveries.keys is not None:
         return hashlib.blake2b(deliveries.keys, digest_size=_KEY_DIGEST_BYTES).hexdigest()
     digest = hashlib.blake2b(digest_size=_KEY_DIGEST_BYTES)
     update = digest.update

@@ -32,7 +32,7 @@ from .delivery import Delivery, LogBatch
 from .destinations.base import Destination, DestinationError, PermanentError, TransactionalDestination
 from .dlq import DeadLetters
 from .retry import RetryPolicy, Stopped
-from .wire import json_body
+from .wire import all_envelopes, json_body
 
 __all__ = [
     "Sender",
@@ -262,7 +262,7 @@ class Sender:
         records = batch.records
         if records[0].seq <= self._written_through:  # a transactional resume
             records = [r for r in records if r.seq > self._written_through]
-        deliveries = self._stored_bodies(records) or decode_records(records, self._dead_letter_record)
+        deliveries = self._stored_batch(records) or decode_records(records, self._dead_letter_record)
         if self.tables:
             taken = [d for d in deliveries if wanted_by(self.tables, d)]
             self.stats.skipped += len(deliveries) - len(taken)
@@ -275,14 +275,18 @@ class Sender:
         assert self._tail is not None
         self._commit(force=self._tail.next_seq > self.log.durable_seq)
 
-    def _stored_bodies(self, records: list[Record]) -> LogBatch | None:
-        """The batch with its body made from the stored records, when the destination sends json
-        or jsonl and every record is a version 2 change with its key (None: decode them)."""
-        fmt = self._wire_format
-        if fmt is None or self.tables or not records:
+    def _stored_batch(self, records: list[Record]) -> LogBatch | None:
+        """The batch as a LogBatch, undecoded, when every record is a version 2 change (None:
+        decode them). For a destination that sends json or jsonl the body is made here too, from
+        the stored records, when each carries its key."""
+        if self.tables or not records:
             return None
-        made = json_body(records, *fmt.splice)
-        return LogBatch(records, fmt.name, *made) if made is not None else None
+        fmt = self._wire_format
+        if fmt is not None:
+            made = json_body(records, *fmt.splice)
+            if made is not None:
+                return LogBatch(records, fmt.name, *made)
+        return LogBatch(records) if all_envelopes(records) else None
 
     def _deliver(self, deliveries: Sequence[Delivery]) -> None:
         """Deliver with retries; on a permanent refusal, split to find and dead-letter the culprits."""
