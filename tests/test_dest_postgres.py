@@ -11,12 +11,12 @@ import psycopg
 import pytest
 
 from agent.certify import certify_table
-from agent.change import Change
+from agent.change import Change, encode_change
 from agent.config_destinations import PostgresDestinationConfig
-from agent.delivery import Delivery, idempotency_key
+from agent.delivery import Delivery, LogBatch, idempotency_key
 from agent.destinations import postgres as postgres_destination
 from agent.destinations.base import PermanentError, RetryableError, TransactionalDestination
-from agent.destinations.postgres import COPY_MIN_ROWS, PostgresDestination
+from agent.destinations.postgres import COPY_MIN_ROWS, STORED_CHUNK_ROWS, PostgresDestination
 from agent.errors import ConfigError
 from agent.sources.postgres.catalog import describe_relation, describe_table, record_relation_schema
 from agent.sources.postgres.pgoutput import Column, Relation
@@ -646,3 +646,136 @@ def test_append_mode_copies_inserts_and_deletes(target_dsn):
     assert query(
         target_dsn, "SELECT id, v FROM public.orders WHERE __ds_watermark = %s", (2 * count + 3,)
     ) == [(2, "v2")]
+
+
+# -- inserts copied straight from the stored records (agent._copy) --------------------------------
+
+
+def stored(changes, start=1):
+    """The batch as the sender hands it over when every record is a version 2 change."""
+    return LogBatch([(seq, 0, encode_change(c)) for seq, c in enumerate(changes, start)])
+
+
+# Every kind of KINDS but bytea and arrays, which only the general path converts.
+STORED_KINDS = [kind for kind in KINDS if kind["name"] not in ("tags", "nums", "raw")]
+
+
+def stored_kind_rows(count):
+    return [{k: v for k, v in row.items() if k not in ("tags", "nums", "raw")} for row in kind_rows(count)]
+
+
+@pytest.mark.parametrize("meta", [False, True])
+def test_stored_inserts_are_copied_undecoded_and_equal_what_the_general_path_writes(
+    target_dsn, tmp_path, meta
+):
+    state = StateStore(tmp_path / "state")
+    state.record_table_schema("app", "public.kinds", STORED_KINDS)
+    count = 2 * STORED_CHUNK_ROWS + 7  # three chunks
+    values = stored_kind_rows(count)
+    changes = [
+        change("insert" if i % 3 else "snapshot", {"id": r["id"]}, r, table="public.kinds")
+        for i, r in enumerate(values)
+    ]
+    fast = destination(target_dsn, state, schema="via_stored", position_table="p1", meta_enabled=meta)
+    general = destination(target_dsn, state, schema="via_general", position_table="p2", meta_enabled=meta)
+    fast.write(stored(changes))
+    general.write(deliveries(changes))
+    assert fast.stats["stored_batches"] == 1 and general.stats["stored_batches"] == 0
+    assert fast.stats["rows_copied"] == count == general.stats["rows_copied"]
+    assert fast.position() == count
+    columns = "id, amount, at, doc, ok, ratio, note, mood" + (
+        ", __ds_op, __ds_is_deleted, __ds_watermark" if meta else ""
+    )
+    got = rows(target_dsn, f"SELECT ({columns})::text FROM via_stored.kinds ORDER BY id")
+    assert got == rows(target_dsn, f"SELECT ({columns})::text FROM via_general.kinds ORDER BY id")
+    assert len(got) == count
+    assert rows(
+        target_dsn,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'via_stored.kinds'::regclass AND attname = 'amount'",
+    ) == [("numeric(10,2)",)]
+    if meta:  # __ds_synced_at is now() of the batch's transaction, which wrote the position too
+        synced = "SELECT bool_and(t.__ds_synced_at = p.updated_at) FROM via_stored.kinds t, public.p1 p"
+        assert query(target_dsn, synced) == [(True,)]
+
+
+def test_a_stored_batch_with_columns_only_the_general_path_converts_takes_it(target_dsn, tmp_path):
+    state = StateStore(tmp_path / "state")
+    state.record_table_schema("app", "public.kinds", KINDS)
+    values = kind_rows(3 * COPY_MIN_ROWS)
+    dest = destination(target_dsn, state)
+    dest.write(stored([change("insert", {"id": r["id"]}, r, table="public.kinds") for r in values]))
+    assert dest.stats["stored_batches"] == 0 and dest.stats["rows_copied"] == len(values)
+    assert rows(target_dsn, "SELECT raw, nums FROM public.kinds WHERE id = 0") == [
+        (b"\x00\x01\x02", [1, None, 3])
+    ]
+
+
+def test_a_stored_batch_that_stops_fitting_after_its_first_chunk_is_applied_by_the_general_path(target_dsn):
+    dest = destination(target_dsn)
+    dest.write(stored([change("insert", {"id": i}, {"id": i, "v": "first"}) for i in range(COPY_MIN_ROWS)]))
+    assert dest.stats["stored_batches"] == 1
+    n = STORED_CHUNK_ROWS + 5
+    later = [change("insert", {"id": 100 + i}, {"id": 100 + i, "v": "new"}) for i in range(n)]
+    later.append(change("update", {"id": 0}, {"id": 0, "v": "updated"}))
+    later += [
+        change("insert", {"id": 10_000 + i}, {"id": 10_000 + i, "v": "after"}) for i in range(COPY_MIN_ROWS)
+    ]
+    dest.write(stored(later, COPY_MIN_ROWS + 1))
+    # The second batch went by plan(): one upsert step (it holds an update), and what the first
+    # attempt copied was rolled back and is not counted.
+    assert dest.stats["stored_batches"] == 1 and dest.stats["copy_fallbacks"] == 0
+    assert dest.stats["rows_copied"] == COPY_MIN_ROWS
+    assert dest.stats["rows_upserted"] == COPY_MIN_ROWS + len(later)
+    assert dest.position() == COPY_MIN_ROWS + len(later)
+    assert rows(target_dsn, "SELECT v, count(*) FROM public.orders GROUP BY v ORDER BY v") == [
+        ("after", COPY_MIN_ROWS),
+        ("first", COPY_MIN_ROWS - 1),
+        ("new", n),
+        ("updated", 1),
+    ]
+
+
+def test_a_stored_replay_of_keys_already_there_gets_the_upserts_answer(target_dsn):
+    dest = destination(target_dsn)
+    count = 3 * COPY_MIN_ROWS
+    dest.write(stored([change("insert", {"id": i}, {"id": i, "v": "first"}) for i in range(count)]))
+    replay = [change("insert", {"id": i}, {"id": i, "v": "again"}) for i in range(count + 1)]
+    dest.write(stored(replay, count + 1))
+    assert dest.stats["copy_fallbacks"] == 1 and dest.stats["stored_batches"] == 1
+    assert rows(target_dsn, "SELECT count(*), min(v), max(v) FROM public.orders") == [
+        (count + 1, "again", "again")
+    ]
+    assert dest.position() == 2 * count + 1
+
+
+def test_records_already_applied_are_skipped_on_the_stored_path_too(target_dsn):
+    dest = destination(target_dsn)
+    first = [change("insert", {"id": i}, {"id": i, "v": "a"}) for i in range(COPY_MIN_ROWS)]
+    dest.write(stored(first))
+    # A resend that overlaps what the destination holds (a crash between its commit and the cursor's).
+    more = first[-3:] + [
+        change("insert", {"id": 100 + i}, {"id": 100 + i, "v": "b"}) for i in range(COPY_MIN_ROWS)
+    ]
+    dest.write(stored(more, COPY_MIN_ROWS - 2))
+    assert dest.stats["records_skipped"] == 3 and dest.stats["stored_batches"] == 2
+    assert dest.stats["copy_fallbacks"] == 0
+    assert rows(target_dsn, "SELECT count(*) FROM public.orders") == [(2 * COPY_MIN_ROWS,)]
+    assert dest.position() == 2 * COPY_MIN_ROWS
+
+
+def test_a_new_table_whose_first_row_has_a_null_is_created_by_the_general_path(target_dsn):
+    dest = destination(target_dsn)  # no stored schema: types come from the values
+    rows_ = [{"id": i, "n": None if i == 0 else i} for i in range(COPY_MIN_ROWS)]
+    dest.write(stored([change("insert", {"id": r["id"]}, r) for r in rows_]))
+    assert dest.stats["stored_batches"] == 0  # its first value says nothing of the column's type
+    assert rows(
+        target_dsn,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.orders'::regclass"
+        " AND attname = 'n'",
+    ) == [("bigint",)]
+    more = [change("insert", {"id": 100 + i}, {"id": 100 + i, "n": i}) for i in range(COPY_MIN_ROWS)]
+    dest.write(stored(more, 100))
+    assert dest.stats["stored_batches"] == 1
+    assert rows(target_dsn, "SELECT count(*), sum(n) FROM public.orders") == [
+        (2 * COPY_MIN_ROWS, sum(range(1, COPY_MIN_ROWS)) + sum(range(COPY_MIN_ROWS)))
+    ]

@@ -9,12 +9,19 @@ A run of inserts (and an append run) is written with a plain COPY, several times
 upsert statement. A COPY has no ON CONFLICT: when one fails (most often a key that is already
 there), the transaction is rolled back and the batch applied again by statements only, so the
 outcome is always the statement's. See `PostgresDestination._copy_rows`.
+
+A batch that is nothing but inserts of one table, read from the log as version 2 records, skips
+even the decoding: the C module `agent._copy` turns the stored records into COPY text directly,
+and the server parses one chunk while the next is made (`PostgresDestination._apply_stored`).
+Whatever that path cannot take (another op or table, a bytea or array column, a NUL character)
+goes the general way, so it changes the speed only, never the rows.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import operator
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -22,15 +29,16 @@ from typing import Any, ClassVar
 import orjson
 import psycopg
 
-from ..change import Change
+from ..change import ENVELOPE_START, Change, ChangeFormatError, decode_change
 from ..config_destinations import PostgresDestinationConfig
-from ..delivery import Delivery
+from ..delivery import Delivery, LogBatch
 from ..errors import first_line
 from ..state import StateStore
 from .base import DestinationError, PermanentError, RetryableError
 from .pg_connect import connect_target
 from .sql_apply import (
     BYTES_TYPES,
+    JSON_TYPES,
     META_COLUMNS,
     SqlApplier,
     Step,
@@ -41,6 +49,11 @@ from .sql_apply import (
 )
 
 __all__ = ["PostgresDestination", "classify_error"]
+
+try:
+    from .. import _copy as _native_copy
+except ImportError:  # no compiler when the package was installed: every batch takes plan()
+    _native_copy = None
 
 log = logging.getLogger("agent.destinations.postgres")
 
@@ -56,6 +69,10 @@ _ALTER_TABLE = re.compile(r"\s*alter\s+table\b", re.IGNORECASE)
 COPY_PAUSE_STEPS = 100
 # A COPY takes two round trips, the statement one: for fewer rows than this the statement is as fast.
 COPY_MIN_ROWS = 10
+_SEQ, _PAYLOAD = operator.itemgetter(0), operator.itemgetter(2)  # of a wal Record
+# Stored records are turned into COPY text this many at a time: the server parses one chunk while
+# the next is made, so the two cores work side by side.
+STORED_CHUNK_ROWS = 2000
 
 # Target types that read psycopg's COPY text of a str, int, float or bool value exactly as they
 # read the JSON text the statement casts ("t" and "true" are one boolean, "1e+16" and "1e16" one
@@ -119,6 +136,29 @@ def _copy_converter(wire: Callable[[Any], Any] | None, target_type: str) -> Call
     return lambda value: _json_text(wire(value))
 
 
+def _stored_modes(columns: tuple[str, ...], target: dict[str, str], sources: dict[str, str]) -> bytes | None:
+    """How agent._copy writes each column, the rules of `_copy_converter` in its terms; None when
+    a column needs a conversion only the general path makes (bytea, arrays)."""
+    assert _native_copy is not None
+    modes = bytearray()
+    for column in columns:
+        target_type = target[column]
+        source_type = sources.get(column) or target_type
+        if target_type.endswith("[]") or source_type.endswith("[]") or base_type(target_type) in BYTES_TYPES:
+            return None
+        if base_type(source_type) in JSON_TYPES:
+            modes.append(_native_copy.MODE_JSON)  # the document's JSON text, whatever the target type
+        elif base_type(target_type) in _PARSED_TYPES:
+            modes.append(_native_copy.MODE_PARSED)
+        else:
+            modes.append(_native_copy.MODE_TEXT)
+    return bytes(modes)
+
+
+class _NotStored(Exception):
+    """A record past the first chunk does not fit the stored path: apply the batch by plan()."""
+
+
 class _CopyRefused(Exception):
     """A COPY failed in a way the statement might not: apply the batch again without COPY."""
 
@@ -153,9 +193,10 @@ class PostgresDestination(SqlApplier):
         self._known_types: dict[str, bool] = {}
         self._copy_paused: dict[tuple[str, str], int] = {}  # target table -> steps left without COPY
         self._copy_allowed = True  # False while a batch is applied again after a refused COPY
+        self._stored_allowed = True  # False while a batch is applied again after _NotStored
         # (schema, table, key) -> (the column types it was checked with, whether COPY fits the table)
         self._copy_fits: dict[tuple[str, str, tuple[str, ...]], tuple[dict[str, str], bool]] = {}
-        self.stats.update(rows_copied=0, copy_fallbacks=0)
+        self.stats.update(rows_copied=0, copy_fallbacks=0, stored_batches=0)
 
     # -- the Destination protocol ---------------------------------------------------------------
 
@@ -168,25 +209,31 @@ class PostgresDestination(SqlApplier):
     def write(self, batch: Sequence[Delivery]) -> None:
         if not batch:
             return
-        records = list(batch)
+        records = batch if isinstance(batch, LogBatch) else list(batch)  # a LogBatch stays undecoded
         try:
             conn = self._connection()
-            stats = dict(self.stats)
-            self._copy_allowed = True
-            try:
-                with conn.transaction():
-                    self.apply(records)
-            except _CopyRefused as refused:
-                # No savepoint around each COPY (two more round trips per batch): the whole
-                # transaction is rolled back instead, and the batch applied again by statements.
-                self._columns.clear()
-                self.stats.update(stats)  # the first attempt counted rows that are gone again
-                self.stats["copy_fallbacks"] += 1
-                self._copy_paused[refused.table] = COPY_PAUSE_STEPS
-                log.info("destination.copy.refused", extra={"destination": self.name, "error": str(refused)})
-                self._copy_allowed = False
-                with conn.transaction():
-                    self.apply(records)
+            self._copy_allowed = self._stored_allowed = True
+            while True:  # at most three times: stored records, then plan() with COPY, then without
+                stats = dict(self.stats)
+                try:
+                    with conn.transaction():
+                        self.apply(records)
+                    break
+                except _NotStored:
+                    self._columns.clear()  # a CREATE or ADD COLUMN of the attempt is gone again
+                    self.stats.update(stats)
+                    self._stored_allowed = False
+                except _CopyRefused as refused:
+                    # No savepoint around each COPY (two more round trips per batch): the whole
+                    # transaction is rolled back instead, and the batch applied again by statements.
+                    self._columns.clear()
+                    self.stats.update(stats)  # the first attempt counted rows that are gone again
+                    self.stats["copy_fallbacks"] += 1
+                    self._copy_paused[refused.table] = COPY_PAUSE_STEPS
+                    log.info(
+                        "destination.copy.refused", extra={"destination": self.name, "error": str(refused)}
+                    )
+                    self._copy_allowed = self._stored_allowed = False
         except DestinationError:
             self._columns.clear()  # a rolled-back CREATE or ADD COLUMN is gone again
             raise
@@ -319,6 +366,94 @@ class PostgresDestination(SqlApplier):
                 raise
             raise _CopyRefused((schema, name), exc) from exc
         self.stats["rows_copied"] += len(entries)
+        return True
+
+    def _apply_stored(self, batch: Sequence[Delivery]) -> bool:
+        """COPY a batch of inserts of one table from its stored version 2 records; False: not done.
+
+        The first record decides the table, source, key and columns; agent._copy checks that every
+        record has exactly those (and is an insert or snapshot) while it writes the COPY text, and
+        answers None otherwise. The table must already have every column (the general path
+        creates and widens tables) and pass the same checks as `_copy_rows`, whose refusals this
+        shares: any COPY failure rolls the batch back and applies it again by statements. The
+        rows are not deduplicated by key first as plan() does: two inserts of one key in a batch
+        make the COPY fail on the unique index, and the statements then keep the last.
+        """
+        if _native_copy is None or not (self._stored_allowed and self._copy_allowed) or self.append:
+            return False
+        if len(batch) < COPY_MIN_ROWS:
+            return False
+        if isinstance(batch, LogBatch):
+            payloads = list(map(_PAYLOAD, batch.records))
+            seqs = list(map(_SEQ, batch.records)) if self.meta else None
+        else:
+            payloads = [delivery.payload for delivery in batch]
+            seqs = [delivery.seq for delivery in batch] if self.meta else None
+        if payloads[0] is None or not payloads[0].startswith(ENVELOPE_START):
+            return False
+        try:
+            change = decode_change(payloads[0])
+        except ChangeFormatError:
+            return False  # the general path dead-letters it
+        if change.op not in ("insert", "snapshot") or not change.after:
+            return False
+        schema, name = self.target_name(change.table)
+        if self._copy_paused.get((schema, name)):
+            return False  # plan() counts the pause down
+        columns = tuple(change.after)
+        key = tuple(change.key) if change.key else ()
+        sources = self.source_types(change.source, change.table)
+        target = self._columns.get((schema, name)) or self._target_columns(schema, name)
+        if target is None or not all(c in target for c in columns + (META_COLUMNS if self.meta else ())):
+            if any(change.after[c] is None and c not in sources for c in columns):
+                return False  # that column's type is guessed from the first value: plan() sees them all
+            step = Step("upsert", change.table, change.source, columns, key)
+            target = self._ensure_table(step, columns, [(change.after, change.op, 0)])
+        self._columns[(schema, name)] = target
+        if self.meta and base_type(target["__ds_synced_at"]) not in _NOW_TYPES:
+            return False
+        if not self._copy_fits_table(schema, name, key, target):
+            return False
+        modes = _stored_modes(columns, target, sources)
+        if modes is None:
+            return False
+        shape = (
+            orjson.dumps(change.table),
+            orjson.dumps(change.source),
+            tuple(k.encode() for k in key),
+            tuple(c.encode() for c in columns),
+            modes,
+        )
+
+        def text(start: int) -> bytes | None:
+            end = start + STORED_CHUNK_ROWS
+            return _native_copy.copy_text(payloads[start:end], *shape, seqs[start:end] if seqs else None)
+
+        chunk = text(0)
+        if chunk is None:
+            return False
+        columns_sql = ", ".join(map(quote, columns + (META_COLUMNS if self.meta else ())))
+        conn = self._conn
+        assert conn is not None
+        try:
+            with (
+                conn.cursor() as cursor,
+                cursor.copy(f"COPY {quote(schema)}.{quote(name)} ({columns_sql}) FROM STDIN") as copy,
+            ):
+                copy.write(chunk)
+                for start in range(STORED_CHUNK_ROWS, len(payloads), STORED_CHUNK_ROWS):
+                    chunk = text(start)
+                    if chunk is None:
+                        raise _NotStored()
+                    copy.write(chunk)
+        except psycopg.Error as exc:
+            state = getattr(exc, "sqlstate", None)
+            if conn.broken or (state is not None and state[:2] in _RETRYABLE_CLASSES):
+                raise
+            raise _CopyRefused((schema, name), exc) from exc
+        self.stats["rows_copied"] += len(batch)
+        self.stats["rows_upserted"] += len(batch)
+        self.stats["stored_batches"] += 1
         return True
 
     def _copy_fits_table(self, schema: str, table: str, key: tuple[str, ...], target: dict[str, str]) -> bool:

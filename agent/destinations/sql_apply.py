@@ -17,14 +17,14 @@ A dialect may write a step of inserts (or an append step) by a faster path first
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import orjson
 
 from ..change import Change
-from ..delivery import Delivery
+from ..delivery import Delivery, LogBatch
 from ..errors import ConfigError
 from .base import PermanentError
 
@@ -278,7 +278,8 @@ class SqlApplier(ABC):
     """The apply logic over a SQL connection; a subclass supplies the dialect and the connection.
 
     Subclass hooks: `_execute`, `_target_columns`, `_map_type`, `_bytes_expr`, `_array_text`,
-    `_rows_from`, `_wire_converter`, `_raw_ddl`, `_copy_rows`, and the class attributes below.
+    `_rows_from`, `_wire_converter`, `_raw_ddl`, `_copy_rows`, `_apply_stored`, and the class
+    attributes below.
     """
 
     placeholder = "%s"
@@ -331,6 +332,13 @@ class SqlApplier(ABC):
 
         Called after the table has all the step's columns; `target` and `sources` are the target's
         and the source's column types. The default has no faster path.
+        """
+        return False
+
+    def _apply_stored(self, batch: Sequence[Delivery]) -> bool:
+        """Apply a whole batch straight from its stored records, without plan(); False: not done.
+
+        Called inside the batch's transaction, after the position check. The default has no such path.
         """
         return False
 
@@ -393,10 +401,14 @@ class SqlApplier(ABC):
 
     # -- one batch, inside the caller's transaction --------------------------------------------
 
-    def apply(self, batch: list[Delivery]) -> None:
+    def apply(self, batch: Sequence[Delivery]) -> None:
         """Apply the records past the stored position, and store the new position."""
         done = self._read_position(lock=True)
-        seqs = [delivery.seq for delivery in batch]
+        if isinstance(batch, LogBatch):  # records in log order: no Delivery needed for this
+            seqs = [batch.records[0][0], batch.records[-1][0]] if batch.records else []
+        else:
+            seqs = [delivery.seq for delivery in batch]
+        todo: Sequence[Delivery]
         if seqs and min(seqs) > done:  # the usual case: the sender sends only records past the position
             todo, last = batch, max(seqs)
         else:
@@ -405,8 +417,9 @@ class SqlApplier(ABC):
             if not todo:
                 return
             last = max(delivery.seq for delivery in todo)
-        for step in plan(todo, append=self.append, stats=self.stats):
-            getattr(self, f"_step_{step.kind}")(step)
+        if not self._apply_stored(todo):
+            for step in plan(todo, append=self.append, stats=self.stats):
+                getattr(self, f"_step_{step.kind}")(step)
         self._save_position(last)
         self.stats["batches"] += 1
 
