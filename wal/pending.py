@@ -10,7 +10,7 @@ its buffer back once the data is in the OS. A buffer keeps its size (`len` is it
 
 from __future__ import annotations
 
-from .format import STATUS_PENDING, crc64_direct, encode_record_parts
+from .format import STATUS_PENDING, encode_record_parts
 
 try:  # framing in C (wal/_scan.c); encode_record_parts is the reference it equals
     from ._scan import frame_into as _frame_into
@@ -54,9 +54,7 @@ class PendingRecords:
         if stop > len(self.buffer):
             self._grow(stop)
         if _frame_into is not None:
-            self.used = _frame_into(
-                self.buffer, self.used, payloads, first_seq, timestamp_ms, STATUS_PENDING, crc64_direct
-            )
+            self.used = _frame_into(self.buffer, self.used, payloads, first_seq, timestamp_ms, STATUS_PENDING)
             self.count += len(payloads)
             return
         for offset, payload in enumerate(payloads):
