@@ -52,6 +52,20 @@ class RetryPolicy:
         self._backoff = tenacity.wait_exponential(
             multiplier=config.initial_delay, exp_base=config.multiplier, max=config.max_delay
         )
+        stop: tenacity.stop.stop_base = tenacity.stop_never
+        if config.give_up_policy == "on_retry_exhaustion":
+            stop = tenacity.stop_after_attempt((config.max_retries or 0) + 1)
+        # Built once: tenacity keeps the state of a call in thread-local storage, not in this object.
+        self._retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RetryableError),
+            stop=stop,
+            wait=lambda state: self.delay(
+                state.attempt_number, state.outcome.exception() if state.outcome else None
+            ),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
 
     def delay(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
@@ -68,27 +82,22 @@ class RetryPolicy:
         Raises the last RetryableError when retries are exhausted under on_retry_exhaustion, and
         Stopped when the agent stops during a wait. Other errors pass straight through.
         """
-        stop: tenacity.stop.stop_base = tenacity.stop_never
-        if self.config.give_up_policy == "on_retry_exhaustion":
-            stop = tenacity.stop_after_attempt((self.config.max_retries or 0) + 1)
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(RetryableError),
-            stop=stop,
-            wait=lambda state: self.delay(
-                state.attempt_number, state.outcome.exception() if state.outcome else None
-            ),
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
+        # Nearly every delivery succeeds at once, and tenacity costs about 20 us a call, so the
+        # first attempt is made here and tenacity only takes over after a retryable failure.
+        try:
+            return deliver(), 1
+        except RetryableError as error:
+            first_error = error
         attempts = 0
 
         def attempt() -> T:
             nonlocal attempts
             attempts += 1
+            if attempts == 1:  # tenacity's attempt 1 is the failure above: logged, waited after
+                raise first_error
             return deliver()
 
-        result = retrying(attempt)
+        result = self._retrying(attempt)
         return result, attempts
 
     def _sleep(self, seconds: float) -> None:
