@@ -17,7 +17,6 @@ is resumed after that position instead, which makes it exactly-once.
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -49,7 +48,6 @@ log = logging.getLogger("agent.sender")
 
 _STOP_CHECK_S = 0.5  # an idle sender looks at the stop flag this often
 CURSOR_COMMIT_INTERVAL_S = 0.2
-_PAYLOAD = operator.itemgetter(2)  # a wal Record's payload, for C-level loops over a batch
 
 
 def cursor_name(destination: str) -> str:
@@ -245,7 +243,7 @@ class Sender:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
-            records = self._tail.next_batch(
+            records, payload_bytes = self._tail.next_batch_sized(
                 config.max_records - len(batch.records), config.max_bytes - size, timeout_s=timeout
             )
             if not records:
@@ -253,7 +251,7 @@ class Sender:
                     return batch  # idle: let the caller check the stop flag
                 continue
             batch.records.extend(records)
-            size += sum(map(len, map(_PAYLOAD, records)))
+            size += payload_bytes
             if deadline is None:
                 deadline = time.monotonic() + config.linger
         return batch

@@ -281,8 +281,12 @@ def test_tails_from_anywhere_read_archives_sealed_and_live_segments_around_damag
     for from_seq, max_records in [(1, 7), (2, 1000), (hit.seq, 3), (hit.seq + 1, 1), (200, 50), (319, 5)]:
         tail = log.tail(from_seq)
         got: list[wal.Record] = []
-        while batch := tail.next_batch(max_records, timeout_s=0):
+        while True:
+            batch, payload_bytes = tail.next_batch_sized(max_records, timeout_s=0)
+            if not batch:
+                break
             assert len(batch) <= max_records
+            assert payload_bytes == sum(len(record.payload) for record in batch)
             got += batch
         tail.close()
         assert [r.seq for r in got] == [seq for seq in range(from_seq, 321) if seq != hit.seq]

@@ -155,6 +155,18 @@ def test_a_thirty_second_outage_then_everything_drains(log, tmp_path):
         assert sender.stats.retries >= 3
 
 
+def test_a_batch_takes_records_while_their_payload_bytes_are_below_max_bytes(log, tmp_path):
+    payloads = [encode_change(change(i)) for i in range(100, 220)]
+    size = len(payloads[0])
+    assert {len(p) for p in payloads} == {size}
+    log.append_batch(payloads)
+    # Six payloads reach 5 * size + 1; five whole records (32 bytes of framing each) already would.
+    batch = BatchConfig(max_records=1000, max_bytes=5 * size + 1, linger=5)
+    with FaultReceiver() as receiver, Running(make_sender(log, tmp_path, receiver, batch=batch)):
+        wait_until(lambda: len(receiver.records) == 120, "120 records")
+    assert receiver.requests == 20
+
+
 def test_restart_resumes_from_the_cursor_without_losing_records(log, tmp_path):
     seqs = log.append_batch([encode_change(change(i)) for i in range(300)])
     with FaultReceiver() as receiver:

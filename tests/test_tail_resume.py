@@ -20,8 +20,9 @@ import wal
 def read_exactly(tail: wal.Tail, count: int, max_records: int) -> list[int]:
     seqs: list[int] = []
     while len(seqs) < count:
-        batch = tail.next_batch(max_records, timeout_s=2)
+        batch, payload_bytes = tail.next_batch_sized(max_records, timeout_s=2)
         assert batch, f"the tail stalled after {len(seqs)} of {count} records"
+        assert payload_bytes == sum(len(record.payload) for record in batch)
         seqs += [record.seq for record in batch]
     return seqs
 

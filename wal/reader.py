@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from .chunk import ChunkReader, Record
 from .errors import BadHeader
-from .format import HEADER_SIZE
+from .format import HEADER_SIZE, RECORD_OVERHEAD
 from .fs import FileSystem
 from .layout import SegmentFile, list_segments
 from .scan import DEFAULT_MAX_RECORD_BYTES, Damage, RawRecord
@@ -79,6 +79,16 @@ class SegmentWalker:
 
     def read_available(self, max_records: int = 1000, max_bytes: int = 1 << 62) -> list[Record]:
         """The next records that can be read now, at most `max_records` / about `max_bytes`."""
+        return self.read_available_sized(max_records, max_bytes)[0]
+
+    def read_available_sized(
+        self, max_records: int = 1000, max_bytes: int = 1 << 62
+    ) -> tuple[list[Record], int]:
+        """`read_available`, and the payload bytes of the records it returns.
+
+        `max_bytes` counts whole records, 32 bytes of framing each included: the reader adds up
+        their lengths anyway, which gives the payload bytes without a pass over the records.
+        """
         out: list[Record] = []
         size = 0
         visible = self._limit() if self._limit is not None else None
@@ -152,7 +162,7 @@ class SegmentWalker:
             )
             size += item.length
             self.next_seq = item.seq + 1
-        return out
+        return out, size - RECORD_OVERHEAD * len(out)
 
     def __iter__(self) -> Iterator[Record]:
         while batch := self.read_available():

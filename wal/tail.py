@@ -35,21 +35,31 @@ class Tail:
     def next_batch(
         self, max_records: int = 1000, max_bytes: int = 1 << 62, timeout_s: float | None = None
     ) -> list[Record]:
-        """Up to `max_records` records; waits up to `timeout_s` (None: forever) when none are ready."""
+        """Up to `max_records` records; waits up to `timeout_s` (None: forever) when none are ready.
+
+        No record is added once about `max_bytes` are returned, counting each record whole (its
+        payload and 32 bytes of framing).
+        """
+        return self.next_batch_sized(max_records, max_bytes, timeout_s)[0]
+
+    def next_batch_sized(
+        self, max_records: int = 1000, max_bytes: int = 1 << 62, timeout_s: float | None = None
+    ) -> tuple[list[Record], int]:
+        """`next_batch`, and the payload bytes of its records (their `len(payload)` summed)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         log_ = self._log
         while not self._closed:
-            batch = self._walker.read_available(max_records, max_bytes)
+            batch, payload_bytes = self._walker.read_available_sized(max_records, max_bytes)
             if batch:
-                return batch
+                return batch, payload_bytes
             if log_._state is not None and log_._durable_seq < self._walker.next_seq:
                 if isinstance(log_._state, LogClosed):
-                    return []
+                    return [], 0
                 raise log_._state
             wanted = self._walker.next_seq
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return []
+                return [], 0
             if wanted <= log_._durable_seq:
                 # Durable but not readable yet (a segment being archived or rotated under us):
                 # look again shortly rather than spin on a condition that is already true.
@@ -62,7 +72,7 @@ class Tail:
                     ),
                     remaining,
                 )
-        return []
+        return [], 0
 
     def __iter__(self) -> Iterator[Record]:
         """Every record from here on, until the log or this tail is closed."""
