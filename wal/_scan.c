@@ -166,7 +166,7 @@ static uint64_t crc64nvme_update(uint64_t crc, const unsigned char *p, size_t n)
     uint64_t reg = ~crc;
 #ifdef CRC_HAVE_CLMUL
     /* Folding needs one whole 16-byte block; from there on it is faster than the tables (the same
-     * at 16 bytes, twice as fast at 200, seven times at 4 KiB). */
+     * at 16 bytes, twice as fast at 200, six times at 4 KiB). */
     if (crc_clmul_usable && n >= 16) {
         size_t whole = n & ~(size_t)15;
         reg = crc_update_clmul(reg, p, whole);
